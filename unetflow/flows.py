@@ -1,0 +1,221 @@
+"""Cellpose flow targets: instance labels -> unit vectors along a heat-diffusion gradient.
+
+The algorithm is the 2020 Cellpose one printed in the seed documents (``masks_to_flows``):
+for every object, heat is injected at the object pixel nearest the median of its pixels and
+diffused over the object's pixels with a 3x3 mean for ``2 * (ptp(x) + ptp(y))`` iterations;
+the flow is the normalised central-difference gradient of ``log(1 + T)``.  The seed's code
+indexes its flat diffusion buffer with a row stride one pixel narrower than the buffer
+(``lx`` instead of ``lx + 2``); that quirk shapes its printed numbers, so the kernel below keeps
+it exactly (the tests compare against a transcription of the seed's code).
+
+Only NumPy, SciPy and Numba are imported here: no TensorFlow.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from scipy import ndimage
+
+from .validation import check_labels
+
+__all__ = ["masks_to_flows", "flows_to_rgb", "diameters", "FLOWS_ALGORITHM_VERSION"]
+
+#: Bumped whenever the numbers :func:`masks_to_flows` produces change; part of the cache key.
+FLOWS_ALGORITHM_VERSION = "seed2020-1"
+
+
+@numba.njit(cache=True, nogil=True)
+def _object_flow(masks, label, r0, r1, c0, c1, mu):
+    """Diffuse heat in one object (bounding box ``[r0:r1, c0:c1]``) and write its raw gradient.
+
+    A line-by-line equivalent of the seed's per-object loop body, including its flat-index
+    arithmetic with row stride ``lx`` (see the module docstring).
+    """
+    ly = r1 - r0 + 1
+    lx = c1 - c0 + 1
+    n = 0
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            if masks[r, c] == label:
+                n += 1
+    if n == 0:
+        return
+    y = np.empty(n, np.int64)
+    x = np.empty(n, np.int64)
+    k = 0
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            if masks[r, c] == label:
+                y[k] = r - r0 + 1
+                x[k] = c - c0 + 1
+                k += 1
+    ymed_f = np.median(y.astype(np.float64))
+    xmed_f = np.median(x.astype(np.float64))
+    imin = 0
+    dmin = np.inf
+    for j in range(n):
+        d = (x[j] - xmed_f) ** 2 + (y[j] - ymed_f) ** 2
+        if d < dmin:  # strict: the first minimum wins, as np.argmin
+            dmin = d
+            imin = j
+    ymed = y[imin]
+    xmed = x[imin]
+    niter = 2 * ((x.max() - x.min()) + (y.max() - y.min()))
+
+    T = np.zeros((ly + 2) * (lx + 2), np.float64)
+    tnew = np.empty(n, np.float64)
+    centre = ymed * lx + xmed
+    for _ in range(niter):
+        T[centre] += 1.0
+        # Jacobi update: every new value is computed from the old field, summed in the
+        # seed's order so that the result matches NumPy's vectorised expression bit for bit.
+        for j in range(n):
+            i = y[j] * lx + x[j]
+            tnew[j] = (1.0 / 9.0) * (T[i] + T[i - lx] + T[i + lx] + T[i - 1] + T[i + 1]
+                                     + T[i - lx - 1] + T[i - lx + 1] + T[i + lx - 1]
+                                     + T[i + lx + 1])
+        for j in range(n):
+            T[y[j] * lx + x[j]] = tnew[j]
+    for j in range(n):
+        i = (y[j] + 1) * lx + x[j] + 1
+        T[i] = np.log(1.0 + T[i])
+    for j in range(n):
+        mu[0, r0 + y[j] - 1, c0 + x[j] - 1] = T[(y[j] + 1) * lx + x[j]] - T[(y[j] - 1) * lx + x[j]]
+        mu[1, r0 + y[j] - 1, c0 + x[j] - 1] = T[y[j] * lx + x[j] + 1] - T[y[j] * lx + x[j] - 1]
+
+
+@numba.njit(cache=True, parallel=True)
+def _flows_2d(masks, boxes, order, nthreads):
+    """Raw (unnormalised) gradients of all objects; objects are spread over threads round-robin.
+
+    ``order`` lists object indices from the most to the least expensive, so dealing them out
+    round-robin balances the threads even when a few objects dominate the cost.
+    """
+    mu = np.zeros((2, masks.shape[0], masks.shape[1]), np.float64)
+    for t in numba.prange(nthreads):
+        for k in range(t, order.shape[0], nthreads):
+            i = order[k]
+            _object_flow(masks, i + 1, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], mu)
+    return mu
+
+
+def _masks_to_flows_2d(masks: np.ndarray) -> np.ndarray:
+    """(2, H, W) float64 unit flows of validated 2-D int32 labels."""
+    slices = ndimage.find_objects(masks)
+    boxes = np.zeros((len(slices), 4), np.int64)
+    present = []
+    for i, s in enumerate(slices):
+        if s is not None:
+            boxes[i] = (s[0].start, s[0].stop, s[1].start, s[1].stop)
+            present.append(i)
+    present = np.asarray(present, np.int64)
+    # cost of an object ~ iterations x pixels ~ (h + w) * h * w
+    h = boxes[present, 1] - boxes[present, 0]
+    w = boxes[present, 3] - boxes[present, 2]
+    order = present[np.argsort(-(h + w) * h * w, kind="stable")]
+    nthreads = max(1, min(numba.get_num_threads(), len(order)))
+    mu = _flows_2d(masks, boxes, order, nthreads)
+    mu /= 1e-20 + (mu ** 2).sum(axis=0) ** 0.5
+    return mu
+
+
+def masks_to_flows(masks) -> np.ndarray:
+    """Unit flow vectors of instance labels, as Cellpose computes its training targets.
+
+    Parameters
+    ----------
+    masks : (H, W) or (Z, Y, X) array of int
+        Instance labels: 0 is background, each object one positive id.  Ids need not be
+        consecutive.
+
+    Returns
+    -------
+    flows : (2, H, W) or (3, Z, Y, X) float32 array
+        ``(dy, dx)`` (or ``(dz, dy, dx)``) unit vectors pointing towards each object's centre
+        along the diffusion gradient; zero on the background.  In 3-D the flows are the sums of
+        the 2-D flows of the slices along each axis, as the seed computes them (not renormalised).
+
+    Raises
+    ------
+    ValueError
+        If `masks` is not a 2-D or 3-D array of non-negative integers.
+
+    Examples
+    --------
+    >>> masks = np.zeros((10, 10), np.int32)
+    >>> masks[0:3, 2:4] = 1
+    >>> masks[3:5, 6:10] = 2
+    >>> flows = masks_to_flows(masks)
+    >>> flows.shape
+    (2, 10, 10)
+    >>> np.round(flows[:, 1, 2], 4)  # points right, towards the centre of object 1
+    array([0., 1.], dtype=float32)
+    """
+    masks = check_labels(masks, "masks", ndim=(2, 3))
+    if masks.ndim == 2:
+        return _masks_to_flows_2d(masks).astype(np.float32)
+    nz, ny, nx = masks.shape
+    mu = np.zeros((3, nz, ny, nx), np.float32)
+    for z in range(nz):
+        mu[[1, 2], z] += _masks_to_flows_2d(masks[z]).astype(np.float32)
+    for y in range(ny):
+        mu[[0, 2], :, y] += _masks_to_flows_2d(np.ascontiguousarray(masks[:, y])).astype(np.float32)
+    for x in range(nx):
+        mu[[0, 1], :, :, x] += _masks_to_flows_2d(np.ascontiguousarray(masks[:, :, x])).astype(np.float32)
+    return mu
+
+
+def diameters(masks) -> float:
+    """Median object diameter: the diameter of a disc with the median object area.
+
+    As the seed's ``diameters``: ``median(sqrt(areas)) / (sqrt(pi) / 2)``; 0 when there are no
+    objects.  Only positive ids count as objects (the seed drops the first unique value, which is
+    the same when there is background).
+
+    Examples
+    --------
+    >>> masks = np.zeros((10, 10), np.int32)
+    >>> masks[2:6, 2:6] = 1
+    >>> round(diameters(masks), 3)
+    4.514
+    """
+    masks = check_labels(masks, "masks", ndim=(2, 3))
+    counts = np.bincount(masks.ravel())[1:]
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return 0.0
+    return float(np.median(counts ** 0.5) / (np.pi ** 0.5 / 2))
+
+
+def flows_to_rgb(flows, mask=None) -> np.ndarray:
+    """The colour-wheel picture of a flow field (the seed's ``dx_to_circ``).
+
+    Hue encodes the direction, brightness the magnitude (relative to its 99th percentile).
+
+    Parameters
+    ----------
+    flows : (2, H, W) array
+        ``(dy, dx)`` flows, at any scale.
+    mask : (H, W) array of bool, optional
+        Pixels outside it are drawn black.
+
+    Returns
+    -------
+    rgb : (H, W, 3) uint8 array
+    """
+    flows = np.asarray(flows, np.float64)
+    if flows.ndim != 3 or flows.shape[0] != 2:
+        raise ValueError(f"`flows` (shape {flows.shape}) must have shape (2, H, W) = (dy, dx)")
+    mag = np.sqrt((flows ** 2).sum(axis=0))
+    # brightness: magnitude over its 99th percentile (the seed normalises to the 1st-99th, whose
+    # 1st percentile is the zero background; dividing only keeps a uniform field visible)
+    mag = np.clip(mag / max(np.percentile(mag, 99), 1e-12), 0.0, 1.0)
+    angles = np.arctan2(flows[1], flows[0]) + np.pi
+    rgb = np.stack([(np.cos(angles + shift) + 1) / 2 for shift in (0, 2 * np.pi / 3, 4 * np.pi / 3)], -1)
+    rgb *= mag[..., None]
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != flows.shape[1:]:
+            raise ValueError(f"`mask` (shape {mask.shape}) must have the shape of the flows ({flows.shape[1:]})")
+        rgb[~mask] = 0
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)

@@ -1,0 +1,219 @@
+"""Reading and writing images and instance labels.
+
+Labels are never read through an 8-bit path (the seed warns that OpenCV truncates them):
+TIFFs are read with tifffile, other formats with imageio, and both keep the file's integer type.
+Colour-coded annotations are turned into ids by unique colour (not by a lightness channel, which
+merges touching objects of equal lightness), then split into connected components.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["read_image", "read_labels", "write_labels", "write_image", "binary_to_labels",
+           "colors_to_labels", "relabel_sequential", "atomic_write", "ImageReadError"]
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+#: A 3-D image whose first axis is at most this long, and whose last is longer, is channels-first.
+MAX_CHANNELS_FIRST = 8
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image or label image; the message names the file."""
+
+
+def _read_array(path) -> np.ndarray:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: the file is empty")
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+            arr = tifffile.imread(path)
+        else:
+            import imageio.v3 as iio
+            arr = iio.imread(path)
+    except Exception as exc:  # any reader failure becomes one clear error naming the file
+        raise ImageReadError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise ImageReadError(f"{path}: the image has no pixels (shape {arr.shape})")
+    return arr
+
+
+def _drop_opaque_alpha(arr: np.ndarray) -> np.ndarray:
+    """RGBA with a constant alpha channel (as DSB's PNGs) carries no information in the alpha."""
+    if arr.ndim == 3 and arr.shape[-1] == 4 and np.all(arr[..., 3] == arr[..., 3].flat[0]):
+        return arr[..., :3]
+    return arr
+
+
+def read_image(path) -> np.ndarray:
+    """Read an image as float32 ``(H, W, C)``.
+
+    TIFF and PNG (or anything imageio reads), 8- or 16-bit (or float), grayscale, RGB or
+    multi-channel.  A constant alpha channel is dropped; an image stored channels-first
+    ``(C, H, W)`` with at most 8 channels (and more than 8 columns) is moved to channels-last.  Intensities are not rescaled.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ImageReadError
+        If it is empty, unreadable, not 2-D/3-D, or has NaN or inf values.
+    """
+    arr = _drop_opaque_alpha(_read_array(path))
+    if arr.ndim == 3 and arr.shape[0] <= MAX_CHANNELS_FIRST < arr.shape[-1]:
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise ImageReadError(f"{path}: image has shape {arr.shape}; expected (H, W) or (H, W, C)")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ImageReadError(f"{path}: image has unsupported dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ImageReadError(f"{path}: image has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
+    return arr
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids to 1..N in order of their value (0 stays background); returns int32."""
+    values, inverse = np.unique(labels, return_inverse=True)
+    if values[0] != 0:  # no background: ids start at 1 all the same
+        inverse = inverse + 1
+    return inverse.reshape(labels.shape).astype(np.int32)
+
+
+def colors_to_labels(rgb: np.ndarray) -> np.ndarray:
+    """Colour-coded annotation ``(H, W, 3)`` (black background) to instance labels.
+
+    Each unique colour is one id; each id's connected components (8-connectivity) become
+    separate objects, so one colour reused for two distant objects still gives two objects.
+    """
+    from skimage.measure import label as cc_label
+
+    flat = rgb.reshape(-1, rgb.shape[-1])
+    _, ids = np.unique(flat, axis=0, return_inverse=True)
+    ids = ids.reshape(rgb.shape[:-1])
+    background = np.all(rgb == 0, axis=-1)
+    ids = np.where(background, 0, ids + 1)
+    return cc_label(ids, background=0, connectivity=2).astype(np.int32)
+
+
+def binary_to_labels(mask, source: str = "`mask`") -> np.ndarray:
+    """A binary mask to instance labels by connected components (8-connectivity), with a warning.
+
+    Touching objects in a binary mask are indistinguishable and become one object.
+    """
+    from skimage.measure import label as cc_label
+
+    labels = cc_label(np.asarray(mask) > 0, connectivity=2).astype(np.int32)
+    warnings.warn(f"{source} is a binary mask: objects were separated by connected components, so "
+                  f"touching objects are merged ({labels.max()} objects found). Provide instance "
+                  "labels (one id per object) for correct targets.", UserWarning, stacklevel=2)
+    return labels
+
+
+def read_labels(path, ndim: int = 2) -> np.ndarray:
+    """Read instance labels as int32, relabelled to 1..N.
+
+    Accepts integer label images (up to uint32/int64 ids), colour-coded annotations (RGB or
+    RGBA, black background; ids by unique colour, then connected components) and binary masks
+    (connected components, with a warning: touching objects cannot be separated).
+
+    Parameters
+    ----------
+    path : str or Path
+    ndim : {2, 3}
+        2 for ``(H, W)`` label images, 3 for ``(Z, Y, X)`` volumes.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ImageReadError
+        If the file is empty or unreadable, not integer-valued, or has an ambiguous shape such as
+        ``(1, H, W)``.
+    """
+    arr = _read_array(path)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and ndim == 2:
+        arr = _drop_opaque_alpha(arr)
+        if arr.shape[-1] == 4:
+            raise ImageReadError(f"{path}: RGBA label image with a varying alpha channel; "
+                                 "save the annotation as RGB or as integer ids")
+        if np.issubdtype(arr.dtype, np.floating):
+            raise ImageReadError(f"{path}: colour-coded labels must be integer-typed, got {arr.dtype}")
+        if np.all(arr == arr[..., :1]):  # grey stored as RGB: the grey values are the ids
+            arr = arr[..., 0]
+        else:
+            return relabel_sequential(colors_to_labels(arr))
+    if arr.ndim != ndim or 1 in arr.shape:
+        what = "(H, W)" if ndim == 2 else "(Z, Y, X)"
+        raise ImageReadError(
+            f"{path}: label image has shape {arr.shape}, expected {what}"
+            + (" (a singleton axis is ambiguous: squeeze it and save again)" if 1 in arr.shape else ""))
+    if arr.dtype == bool:
+        return binary_to_labels(arr, source=str(path))
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) \
+                or np.any(arr != np.round(arr)):
+            raise ImageReadError(f"{path}: label image is not integer-valued (dtype {arr.dtype})")
+        arr = arr.astype(np.int64)
+    if arr.min() < 0:
+        raise ImageReadError(f"{path}: label image has negative ids (minimum {arr.min()})")
+    values = np.unique(arr)
+    nonzero = values[values != 0]
+    if nonzero.size == 1 and values.size == 2:
+        # one value besides 0: a binary mask, unless it is one single object anyway
+        from skimage.measure import label as cc_label
+        if cc_label(arr > 0, connectivity=2).max() > 1:
+            return binary_to_labels(arr, source=str(path))
+    return relabel_sequential(arr)
+
+
+def atomic_write(path, write_fn) -> Path:
+    """Write a file under a temporary name in its folder, then rename it into place.
+
+    ``write_fn(tmp_path)`` writes the content.  A crash leaves either the old file or none, never
+    a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_labels(path, labels) -> Path:
+    """Write labels as a compressed TIFF (uint16 when the ids fit, else uint32), atomically."""
+    import tifffile
+
+    labels = np.asarray(labels)
+    dtype = np.uint16 if labels.max(initial=0) < 2 ** 16 else np.uint32
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib"))
+
+
+def write_image(path, image) -> Path:
+    """Write an array as a compressed TIFF, atomically, keeping its dtype."""
+    import tifffile
+
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, np.asarray(image), compression="zlib"))

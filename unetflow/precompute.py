@@ -1,0 +1,229 @@
+"""Offline precomputation of the training targets into a content-addressed cache.
+
+One cache entry per label file holds everything the training pipeline needs for that image:
+the relabelled instance ``labels``, the unit ``flows`` (2, H, W), the ``cellprob`` target and the
+3-class ``boundary`` target.  The key is a hash of the label file's bytes, the target parameters
+and the algorithm versions, so:
+
+* an unchanged label is skipped, a changed label or parameter is recomputed;
+* one cache serves several manifests, and shards of one manifest never collide;
+* entries are written under a temporary name and renamed, so an interrupted run leaves no
+  half-written entry; an entry that fails to load or verify is recomputed, never returned.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .boundary import labels_to_boundary_classes
+from .conventions import CELLPROB_TARGET_THRESHOLD
+from .flows import FLOWS_ALGORITHM_VERSION, masks_to_flows
+from .io import atomic_write, read_labels
+
+__all__ = ["TargetParams", "TargetCache", "precompute", "PrecomputeSummary", "compute_targets"]
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the entry layout or the boundary/label-reading code changes its output.
+CACHE_FORMAT_VERSION = "1"
+ENTRY_KEYS = ("labels", "flows", "cellprob", "boundary")
+
+
+@dataclass(frozen=True)
+class TargetParams:
+    """Parameters of the targets; every field is part of the cache key."""
+
+    boundary_width: int = 1
+
+    def key_material(self) -> dict:
+        return {"params": asdict(self), "flows": FLOWS_ALGORITHM_VERSION, "format": CACHE_FORMAT_VERSION}
+
+
+def compute_targets(labels: np.ndarray, params: TargetParams = TargetParams()) -> dict:
+    """All targets of one label image: labels, flows (2, H, W), cellprob and boundary classes."""
+    flows = masks_to_flows(labels)
+    return {
+        "labels": labels.astype(np.int32),
+        "flows": flows.astype(np.float32),
+        "cellprob": (labels > CELLPROB_TARGET_THRESHOLD).astype(np.uint8),
+        "boundary": labels_to_boundary_classes(labels, width=params.boundary_width),
+    }
+
+
+class TargetCache:
+    """A folder of precomputed target entries, addressed by content.
+
+    Parameters
+    ----------
+    root : str or Path
+        The cache folder (created when needed).
+    params : TargetParams
+        Target parameters; entries for other parameters live side by side.
+    """
+
+    def __init__(self, root, params: TargetParams = TargetParams()):
+        self.root = Path(root)
+        self.params = params
+
+    def key(self, label_path) -> str:
+        """The entry key of a label file: hash of its bytes and of the target parameters."""
+        h = hashlib.sha256()
+        with open(label_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(json.dumps(self.params.key_material(), sort_keys=True).encode())
+        return h.hexdigest()
+
+    def entry_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def _read_entry(self, path: Path, key: str):
+        """The entry's arrays, or None if it is missing, corrupted or not this key's."""
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                entry = {k: z[k] for k in ENTRY_KEYS}  # reading every member checks its CRC
+                stored_key = str(z["key"])
+        except Exception as exc:
+            logger.warning("cache entry %s is corrupted (%s): recomputing it", path, exc)
+            return None
+        shape = entry["labels"].shape
+        if stored_key != key or entry["flows"].shape != (2,) + shape or entry["boundary"].shape != shape \
+                or entry["cellprob"].shape != shape:
+            logger.warning("cache entry %s does not match its key or shapes: recomputing it", path)
+            return None
+        return entry
+
+    def load(self, label_path, compute_missing: bool = True) -> dict:
+        """The targets of a label file, computing and storing them if they are not cached."""
+        key = self.key(label_path)
+        entry = self._read_entry(self.entry_path(key), key)
+        if entry is None:
+            if not compute_missing:
+                raise KeyError(f"{label_path}: no valid cache entry in {self.root}; run `unetflow precompute`")
+            entry = self._compute_and_store(label_path, key)
+        return entry
+
+    def status(self, label_path) -> str:
+        """'cached' or 'missing' (a corrupted entry counts as missing)."""
+        key = self.key(label_path)
+        return "cached" if self._read_entry(self.entry_path(key), key) is not None else "missing"
+
+    def _compute_and_store(self, label_path, key: str) -> dict:
+        entry = compute_targets(read_labels(label_path), self.params)
+        atomic_write(self.entry_path(key),
+                     lambda tmp: np.savez_compressed(tmp, key=np.array(key), **entry))
+        return entry
+
+    def ensure(self, label_path) -> str:
+        """Make sure a valid entry exists; return 'skipped' or 'computed'."""
+        key = self.key(label_path)
+        if self._read_entry(self.entry_path(key), key) is not None:
+            return "skipped"
+        self._compute_and_store(label_path, key)
+        return "computed"
+
+
+@dataclass
+class PrecomputeSummary:
+    computed: int = 0
+    skipped: int = 0
+    failed: dict = field(default_factory=dict)  # label path -> reason
+
+    def __str__(self):
+        lines = [f"computed {self.computed}, skipped {self.skipped} (already cached), failed {len(self.failed)}"]
+        lines += [f"  FAILED {p}: {why}" for p, why in self.failed.items()]
+        return "\n".join(lines)
+
+
+def _worker_init():
+    # each worker process is one core's worth of work: no nested numba threads
+    import numba
+    numba.set_num_threads(1)
+
+
+def _ensure_one(args):
+    root, params, label_path = args
+    try:
+        return label_path, TargetCache(root, params).ensure(label_path), None
+    except Exception as exc:  # one failing row must not stop the others
+        return label_path, "failed", f"{type(exc).__name__}: {exc}"
+
+
+def parse_shard(shard: str | None):
+    """'i/n' (1-based i) to (i - 1, n); None to (0, 1)."""
+    if not shard:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in shard.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 2/8), got {shard!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise ValueError(f"--shard {shard!r}: need 1 <= i <= n")
+    return i - 1, n
+
+
+def precompute(label_paths, cache_dir, params: TargetParams = TargetParams(), *, workers: int = 1,
+               shard: str | None = None, progress: bool = True) -> PrecomputeSummary:
+    """Compute the targets of many label files into the cache.
+
+    Parameters
+    ----------
+    label_paths : sequence of path
+        Label files (duplicates are computed once).
+    cache_dir : str or Path
+    params : TargetParams
+    workers : int
+        Processes to use (each runs single-threaded numba).
+    shard : str, optional
+        ``"i/n"``: only every n-th label file starting at the i-th (1-based), so n jobs of a cluster
+        scheduler split one manifest without overlap.
+    progress : bool
+        Show a tqdm progress bar.
+    """
+    from tqdm.auto import tqdm
+
+    k, n = parse_shard(shard)
+    paths = sorted(dict.fromkeys(str(p) for p in label_paths))[k::n]
+    summary = PrecomputeSummary()
+    jobs = [(str(cache_dir), params, p) for p in paths]
+    bar = tqdm(total=len(jobs), desc="precompute targets", unit="img", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        # spawn, not fork: forking a process whose numba OpenMP threads have run is unsafe
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, mp_context=ctx) as pool:
+            results = pool.map(_ensure_one, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+            for res in results:
+                _tally(summary, res)
+                bar.update()
+    else:
+        for job in jobs:
+            _tally(summary, _ensure_one(job))
+            bar.update()
+    bar.close()
+    return summary
+
+
+def _tally(summary, res):
+    path, outcome, why = res
+    if outcome == "failed":
+        summary.failed[path] = why
+    elif outcome == "computed":
+        summary.computed += 1
+    else:
+        summary.skipped += 1
+
+
+def cache_env_default() -> Path:
+    """Default cache folder: $UNETFLOW_CACHE or ~/.cache/unetflow/targets."""
+    return Path(os.environ.get("UNETFLOW_CACHE", Path.home() / ".cache" / "unetflow" / "targets"))
