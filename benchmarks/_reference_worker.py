@@ -38,10 +38,12 @@ def main():
             labels, flows = z["labels"], z["flows"]
             cellprob = np.where(labels > 0, 10.0, -10.0).astype(np.float32)
             dP = 5.0 * flows
+            # the defaults of each version, but min_size 15 (cellpose 3 defaults to -1: no filling)
+            opts = dict(niter=200, flow_threshold=0.4, min_size=15)
             if k == 0:
-                dynamics.compute_masks(dP, cellprob, niter=200, flow_threshold=0.4, min_size=15)
+                dynamics.compute_masks(dP, cellprob, **opts)
             t0 = time.perf_counter()
-            masks = dynamics.compute_masks(dP, cellprob, niter=200, flow_threshold=0.4, min_size=15)
+            masks = dynamics.compute_masks(dP, cellprob, **opts)
             times.append(time.perf_counter() - t0)
             masks = masks[0] if isinstance(masks, tuple) else masks
             results[f"m{k}"] = np.asarray(masks, np.int32)
