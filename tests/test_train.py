@@ -1,0 +1,122 @@
+"""Training runs end to end on the synthetic set (tiny models, small crops)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from unetflow.config import load_config
+from unetflow.train import TrainingDivergedError, read_run, run_experiment
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+def tiny(tmp_path, task="flow", *extra):
+    return ["output_dir=" + str(tmp_path / "runs"), "data.cache=" + str(tmp_path / "cache"),
+            "data.root=" + str(tmp_path / "synth"), "data.synthetic_images=12", f"model.task={task}",
+            "model.depth=2", "model.base_filters=4", "augment.crop_size=48", "train.epochs=2",
+            "train.steps_per_epoch=3", "train.batch_size=2", "train.val_crops=4", *extra]
+
+
+@pytest.mark.slow
+def test_tiny_flow_unet_learns_and_recovers_objects(tmp_path):
+    import keras
+    from unetflow.io import read_image, read_labels
+    from unetflow.metrics import matching_dataset
+    from unetflow.postprocess import compute_masks
+    from unetflow.preprocess import prepare_image
+    from unetflow.train import resolve_data
+
+    cfg = load_config(EXPERIMENTS / "tiny_flow.yaml", ["output_dir=" + str(tmp_path / "runs"),
+                                                       "data.cache=" + str(tmp_path / "cache"),
+                                                       "data.root=" + str(tmp_path / "synth")])
+    run = run_experiment(cfg, progress=False)
+    _, _, state = read_run(run)
+    losses = [h["loss"] for h in state["history"]]
+    assert state["epochs_done"] == 6 and losses[-1] < 0.5 * losses[0], losses
+    model = keras.models.load_model(run / "best.keras")
+    data = resolve_data(cfg)
+    truth, pred = [], []
+    for img, lab in zip(*data.splits["test"][:2]):
+        y = model.predict(prepare_image(read_image(img), cfg.input)[None], verbose=0)[0]
+        pred.append(compute_masks(np.moveaxis(y[..., :2], -1, 0), y[..., 2], cfg.postprocess.flow))
+        truth.append(read_labels(lab))
+    m = matching_dataset(truth, pred, [0.5])[0]
+    assert m.recall > 0.6 and m.precision > 0.6, m
+
+
+def test_run_directory_contents_and_traceability(tmp_path):
+    run = run_experiment(load_config(None, tiny(tmp_path, "boundary")), progress=False)
+    for f in ("config.yaml", "meta.json", "state.json", "best.keras", "last.keras", "history.csv",
+              "training_curves.png"):
+        assert (run / f).is_file(), f
+    assert any((run / "tensorboard").rglob("*tfevents*"))
+    config, meta, state = read_run(run)
+    assert config.model.task == "boundary" and config.train.epochs == 2
+    assert len(meta["manifest_sha256"]) == 64 and meta["unetflow_version"] and meta["git_commit"]
+    assert state["status"] == "finished" and [h["epoch"] for h in state["history"]] == [1, 2]
+    assert {"recall_boundary", "val_loss"} <= set(state["history"][0])
+
+
+def test_killed_run_resumes_from_last_epoch(tmp_path):
+    args = tiny(tmp_path, "flow", "train.epochs=3", "train.steps_per_epoch=20")
+    run = tmp_path / "runs" / "killed"
+    cmd = [sys.executable, "-m", "unetflow.cli", "train", str(EXPERIMENTS / "tiny_flow.yaml"), "--run-dir", str(run)]
+    cmd += [a for x in args for a in ("--set", x)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        state = run / "state.json"
+        if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((run / "state.json").read_text())["epochs_done"]
+    assert 1 <= done < 3
+    assert not list(run.glob(".*tmp*"))  # no half-written file left behind
+    run_experiment(resume=run, progress=False)
+    _, _, state = read_run(run)
+    assert state["status"] == "finished" and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    import keras
+    model = keras.models.load_model(run / "last.keras")
+    assert int(model.optimizer.iterations.numpy()) == 3 * 20  # the optimizer state was carried over
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+    import unetflow.pipeline as pipeline
+    real = pipeline._crops_fn
+
+    def poisoned(data, task, config, seed, augment):
+        make = real(data, task, config, seed, augment)
+
+        def make_nan(i):
+            image, target = make(i)
+            if augment and i >= 3 * 2:  # from the second epoch on (3 steps of batch 2)
+                target = target * np.nan
+            return image, target
+        return make_nan
+
+    monkeypatch.setattr(pipeline, "_crops_fn", poisoned)
+    with pytest.raises(TrainingDivergedError, match=r"nan.*epoch 2.*last good checkpoint \(epoch 1\)"):
+        run_experiment(load_config(None, tiny(tmp_path, "flow")), run_dir=tmp_path / "nanrun", progress=False)
+    _, _, state = read_run(tmp_path / "nanrun")
+    assert state["status"] == "diverged" and state["epochs_done"] == 1
+    assert (tmp_path / "nanrun" / "last.keras").is_file()
+
+
+def test_missing_manifest_and_cli_errors(tmp_path, capsys):
+    from unetflow.cli import main
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        run_experiment(load_config(None, tiny(tmp_path) + ["data.manifest=" + str(tmp_path / "nowhere.csv")]))
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "norun")]) == 2

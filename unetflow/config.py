@@ -1,0 +1,241 @@
+"""Experiment configuration: YAML files loaded into dataclasses whose defaults are the only defaults.
+
+An unknown key is an error naming the key and the file; ``--set section.key=value`` overrides
+any field (the value is parsed as YAML: ``--set train.epochs=2``, ``--set augment.scale_range=[0.8,1.25]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .augment import AugmentConfig
+from .postprocess import BoundaryPostprocessConfig, PostprocessConfig
+from .preprocess import InputConfig
+
+__all__ = ["ExperimentConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "load_config",
+           "apply_overrides", "config_to_dict", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from.
+
+    Attributes
+    ----------
+    manifest : str or None
+        Manifest CSV (relative paths are relative to the current directory).  None, or
+        ``"synthetic"``, uses the embedded synthetic nuclei set.
+    root : str or None
+        Data root for the manifest's paths (default: $UNETFLOW_DATA, then the manifest's folder).
+    cache : str or None
+        Target cache folder (default: $UNETFLOW_CACHE or ~/.cache/unetflow/targets).
+    synthetic_images : int
+        Size of the synthetic set, when it is used.
+    max_train_images, max_val_images : int or None
+        Use only the first N images of a split (quick runs and tests).
+    """
+
+    manifest: str | None = None
+    root: str | None = None
+    cache: str | None = None
+    synthetic_images: int = 24
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network.
+
+    Attributes
+    ----------
+    task : {"flow", "boundary"}
+        Target, head, loss and post-processing.
+    depth, base_filters, batch_norm, dropout
+        See :func:`unetflow.models.build_flow_unet`.
+    head_relu : bool
+        Boundary model only: reproduce the original BBBC head's ReLU.
+    """
+
+    task: str = "flow"
+    depth: int = 4
+    base_filters: int = 64
+    batch_norm: bool = True
+    dropout: float = 0.0
+    head_relu: bool = False
+
+    def __post_init__(self):
+        if self.task not in ("flow", "boundary"):
+            raise ValueError(f"model.task must be 'flow' or 'boundary', got {self.task!r}")
+        if self.head_relu and self.task == "flow":
+            raise ValueError("model.head_relu applies to the boundary model only: flows must be linear")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights: ``class_weights`` for the boundary model, ``flow_weight``/``prob_weight`` for flows."""
+
+    class_weights: tuple = (1.0, 1.0, 10.0)
+    flow_weight: float = 1.0
+    prob_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation.
+
+    Attributes
+    ----------
+    epochs, steps_per_epoch, batch_size : int
+    optimizer : {"rmsprop", "adam", "adamw"}
+    learning_rate : float
+    weight_decay : float
+        AdamW only.
+    warmup_steps : int
+        Linear warm-up of the learning rate.
+    schedule : {"constant", "cosine"}
+        After warm-up: constant, or cosine decay to 0 at the last step.
+    early_stopping_patience : int or None
+        Epochs without validation-loss improvement before stopping; None disables it.
+    val_crops : int
+        Fixed (seeded, unaugmented) validation crops per epoch.
+    mixed_precision : {None, "mixed_bfloat16", "mixed_float16"}
+    strategy : {"default", "mirrored", "multi_worker"}
+        ``tf.distribute`` strategy; "multi_worker" reads ``TF_CONFIG``.
+    seed : int
+    """
+
+    epochs: int = 15
+    steps_per_epoch: int = 500
+    batch_size: int = 10
+    optimizer: str = "rmsprop"
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    early_stopping_patience: int | None = None
+    val_crops: int = 32
+    mixed_precision: str | None = None
+    strategy: str = "default"
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = {"optimizer": ("rmsprop", "adam", "adamw"), "schedule": ("constant", "cosine"),
+                  "strategy": ("default", "mirrored", "multi_worker"),
+                  "mixed_precision": (None, "mixed_bfloat16", "mixed_float16")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class PostprocessSection:
+    """Post-processing of each task's outputs (thresholds tuned by ``unetflow evaluate`` override these)."""
+
+    flow: PostprocessConfig = field(default_factory=PostprocessConfig)
+    boundary: BoundaryPostprocessConfig = field(default_factory=BoundaryPostprocessConfig)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment: one run directory."""
+
+    name: str = "experiment"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessSection = field(default_factory=PostprocessSection)
+
+
+def _build(cls, values, where: str, source):
+    """Instantiate dataclass `cls` from a dict, recursing into nested dataclasses."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: `{where or 'top level'}` must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key `{path}` (known in `{where or 'top level'}`: "
+                              f"{', '.join(sorted(known))})")
+        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING \
+            else known[key].default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, path, source)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: in `{where or 'top level'}`: {exc}") from exc
+
+
+def config_to_dict(config) -> dict:
+    """Plain nested dict (tuples as lists), suitable for YAML."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(values: dict, overrides, source="--set") -> dict:
+    """Apply ``section.key=value`` strings to a nested dict (values parsed as YAML)."""
+    values = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"{source}: override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = values
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: `{key}`: `{p}` is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path=None, overrides=()) -> ExperimentConfig:
+    """Load an experiment YAML (or only defaults when `path` is None) with overrides applied.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ConfigError
+        On unknown keys (naming the key and the file), wrong types or values.
+    """
+    values, source = {}, "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: experiment config not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        source = str(path)
+    values = apply_overrides(values, overrides)
+    src = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
+    return _build(ExperimentConfig, values, "", src)

@@ -1,0 +1,112 @@
+"""Keras model builders: the BBBC nucleus U-Net with a 3-class boundary head or a 3-channel flow head.
+
+Both heads sit on one backbone (:func:`unet_backbone`), so a boundary-vs-flow comparison differs
+only in the head.  The boundary head emits class *logits* (softmax is applied at prediction); the
+flow head is linear and emits ``[dy, dx, cellprob_logit]`` (no ReLU, no sigmoid: the seed user's
+model predicted nothing useful because its flow head carried a ReLU).
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from .conventions import FLOW_CHANNELS, N_BOUNDARY_CLASSES
+
+__all__ = ["unet_backbone", "build_boundary_unet", "build_flow_unet", "min_input_multiple"]
+
+
+def min_input_multiple(depth: int) -> int:
+    """Input height and width must be multiples of this (one 2x2 pooling per level below the top)."""
+    return 2 ** (depth - 1)
+
+
+def _check(depth, base_filters, input_channels, dropout):
+    if int(depth) != depth or depth < 1:
+        raise ValueError(f"`depth` must be a positive integer, got {depth!r}")
+    if int(base_filters) != base_filters or base_filters < 1:
+        raise ValueError(f"`base_filters` must be a positive integer, got {base_filters!r}")
+    if int(input_channels) != input_channels or input_channels < 1:
+        raise ValueError(f"`input_channels` must be a positive integer, got {input_channels!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+
+
+def _conv_block(x, filters, name, batch_norm, dropout):
+    # BBBC: conv 3x3 + ReLU, then batch norm (momentum 0.9), twice
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    return x
+
+
+def unet_backbone(inputs, depth: int = 4, base_filters: int = 64, batch_norm: bool = True, dropout: float = 0.0):
+    """The BBBC U-Net body: ``depth`` levels of two 3x3 convolutions, filters doubling per level,
+    max pooling down, UpSampling2D + concatenated skips up.  Returns the top-level feature map."""
+    skips = []
+    x = inputs
+    for level in range(depth):
+        x = _conv_block(x, base_filters * 2 ** level, f"down{level}", batch_norm, dropout if level == depth - 1 else 0)
+        if level < depth - 1:
+            skips.append(x)
+            x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+    for level in range(depth - 2, -1, -1):
+        x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
+        x = layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
+        x = _conv_block(x, base_filters * 2 ** level, f"up{level}", batch_norm, 0)
+    return x
+
+
+def _inputs(input_channels):
+    return keras.Input(shape=(None, None, int(input_channels)), name="image")
+
+
+def build_boundary_unet(input_channels: int = 1, depth: int = 4, base_filters: int = 64, batch_norm: bool = True,
+                        dropout: float = 0.0, head_relu: bool = False, name: str = "boundary_unet") -> keras.Model:
+    """The BBBC nucleus U-Net with a 3-class head (background, interior, boundary).
+
+    Parameters
+    ----------
+    input_channels : int
+        Image channels.
+    depth : int
+        Levels (4 in BBBC: 64-128-256-512 filters down, 256-128-64 up).  Inputs must be multiples
+        of ``2 ** (depth - 1)`` in height and width.
+    base_filters : int
+        Filters of the top level (64 in BBBC).
+    batch_norm : bool
+        Batch normalisation after each convolution.
+    dropout : float
+        Dropout rate at the bottom level.
+    head_relu : bool
+        Reproduce the original's ReLU on the 1x1 head (an accident of a shared options dict in
+        unet4nuclei; it clips negative logits).  Off by default.
+
+    Returns
+    -------
+    keras.Model
+        Outputs ``(H, W, 3)`` float32 logits.
+    """
+    _check(depth, base_filters, input_channels, dropout)
+    inputs = _inputs(input_channels)
+    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
+    # float32 head: logits stay full precision under mixed precision
+    logits = layers.Conv2D(N_BOUNDARY_CLASSES, 1, activation="relu" if head_relu else None, dtype="float32",
+                           name="class_logits")(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def build_flow_unet(input_channels: int = 1, depth: int = 4, base_filters: int = 64, batch_norm: bool = True,
+                    dropout: float = 0.0, name: str = "flow_unet") -> keras.Model:
+    """The same backbone with a linear 3-channel head ``[dy, dx, cellprob_logit]``.
+
+    The flows are trained against ``FLOW_SCALE`` (5) times the unit targets and the cellprob channel
+    is a raw logit (threshold 0.0 is probability 0.5).  Arguments as :func:`build_boundary_unet`.
+    """
+    _check(depth, base_filters, input_channels, dropout)
+    inputs = _inputs(input_channels)
+    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
+    out = layers.Conv2D(FLOW_CHANNELS, 1, activation=None, dtype="float32", name="flows_cellprob")(x)
+    return keras.Model(inputs, out, name=name)

@@ -1,0 +1,134 @@
+"""The shared tf.data pipeline: one loader for both models, the task picks the target.
+
+Images are read and normalised once (:func:`unetflow.preprocess.prepare_image`) and targets come
+from the precomputed cache (:mod:`unetflow.precompute`; missing entries are computed before
+training starts, with a progress bar, never inside the training loop).  Each training element
+``i`` is drawn with its own ``numpy.random.Generator`` seeded by ``(seed, i)``, so a run is
+reproducible whatever the number of parallel map calls.
+
+Targets:
+
+* ``task="flow"``: ``(H, W, 3)`` float32 ``[dy, dx, cellprob]`` with unit flows (the loss scales
+  them by ``FLOW_SCALE``);
+* ``task="boundary"``: ``(H, W, 3)`` one-hot background / interior / boundary.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .augment import AugmentConfig, apply_transform, random_transform, sample_crop
+from .conventions import N_BOUNDARY_CLASSES, TASKS, flows_to_channels_last
+from .io import read_image
+from .precompute import TargetCache
+from .preprocess import InputConfig, prepare_image
+
+__all__ = ["TrainingData", "load_training_data", "make_dataset", "make_target"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Normalised images and their targets in memory, one dict per image (see :func:`sample_crop`)."""
+
+    items: list
+    names: list
+
+    def __len__(self):
+        return len(self.items)
+
+
+def load_training_data(images, label_paths, cache: TargetCache, input_config: InputConfig = InputConfig(),
+                       names=None, progress: bool = True) -> TrainingData:
+    """Read and normalise images and load their cached targets (computing missing ones first).
+
+    Parameters
+    ----------
+    images : sequence of path or array
+    label_paths : sequence of path
+        Label files; their targets come from `cache`.
+    cache : TargetCache
+    input_config : InputConfig
+    """
+    from tqdm.auto import tqdm
+
+    items = []
+    for img, lab in tqdm(list(zip(images, label_paths)), desc="load images and targets", unit="img",
+                         disable=not progress):
+        raw = read_image(img) if not isinstance(img, np.ndarray) else img
+        image = prepare_image(raw, input_config)
+        t = cache.load(lab)
+        if t["labels"].shape != image.shape[:2]:
+            raise ValueError(f"{lab}: label shape {t['labels'].shape} differs from image {img} shape {image.shape[:2]}")
+        items.append({"image": image, "flows": flows_to_channels_last(t["flows"]),
+                      "cellprob": t["cellprob"], "boundary": t["boundary"]})
+    return TrainingData(items, list(names) if names is not None else [str(p) for p in label_paths])
+
+
+def make_target(crop: dict, task: str) -> np.ndarray:
+    """The model target of a crop for a task (see the module docstring)."""
+    if task == "flow":
+        return np.concatenate([crop["flows"], crop["cellprob"][..., None].astype(np.float32)], -1)
+    if task == "boundary":
+        return np.eye(N_BOUNDARY_CLASSES, dtype=np.float32)[crop["boundary"]]
+    raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+
+
+def _crops_fn(data: TrainingData, task: str, config: AugmentConfig, seed: int, augment: bool):
+    no_aug = AugmentConfig(crop_size=config.crop_size, flips=False, rot90=False, object_crop_tries=config.object_crop_tries,
+                           min_object_fraction=config.min_object_fraction)
+
+    def make(i):
+        rng = np.random.default_rng([seed, int(i)])
+        item = data.items[rng.integers(len(data))]
+        keys = ("image", "flows", "cellprob") if task == "flow" else ("image", "cellprob", "boundary")
+        arrays = {k: item[k] for k in keys}
+        if augment:
+            crop = sample_crop(rng, arrays, config)
+        else:
+            weight = item["cellprob"] > 0
+            crop = apply_transform(arrays, random_transform(rng, item["image"].shape[:2], no_aug, weight))
+        return crop["image"].astype(np.float32), make_target(crop, task)
+
+    return make
+
+
+def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentConfig(), *, batch_size: int = 8,
+                 seed: int = 0, augment: bool = True, n_samples: int | None = None):
+    """A batched ``tf.data.Dataset`` of ``(image, target)`` training crops.
+
+    Parameters
+    ----------
+    data : TrainingData
+    task : {"flow", "boundary"}
+    config : AugmentConfig
+    batch_size : int
+    seed : int
+        Element ``i`` is drawn by ``numpy.random.default_rng([seed, i])``.
+    augment : bool
+        False gives plain random crops (used for the validation set).
+    n_samples : int, optional
+        Number of crops; infinite (repeating) when None.
+    """
+    import tensorflow as tf
+
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+    if len(data) == 0:
+        raise ValueError("no training images")
+    channels = data.items[0]["image"].shape[-1]
+    make = _crops_fn(data, task, config, seed, augment)
+    size = config.crop_size
+
+    def load(i):
+        image, target = tf.numpy_function(make, [i], (tf.float32, tf.float32), stateful=False)
+        image.set_shape((size, size, channels))
+        target.set_shape((size, size, 3))
+        return image, target
+
+    idx = tf.data.Dataset.range(n_samples) if n_samples is not None else tf.data.Dataset.range(2 ** 62)
+    ds = idx.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=n_samples is None).prefetch(tf.data.AUTOTUNE)
