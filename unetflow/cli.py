@@ -40,6 +40,86 @@ def _train(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    from .io import read_image, write_image, write_labels
+    from .manifest import read_manifest
+    from .predict import load_run, predict_instances
+
+    images = [Path(p) for p in args.images]
+    if args.manifest:
+        m = read_manifest(args.manifest, args.data)
+        m = m.split(args.split) if args.split else m
+        images += [m.image_path(i) for i in range(len(m))]
+    if not images:
+        raise ValueError("no images: give image files or --manifest M [--split S]")
+    run = load_run(args.run_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(_parse_kv(kv) for kv in args.set or ())
+    from tqdm.auto import tqdm
+    failed = []
+    for path in tqdm(images, desc="segment", unit="img"):
+        try:
+            labels, raw = predict_instances(run, read_image(path), tile_size=args.tile_size, tta=args.tta,
+                                            diameter=args.diameter, **overrides)
+        except (OSError, ValueError) as exc:  # one bad image must not stop the others
+            failed.append(f"{path}: {exc}")
+            continue
+        write_labels(out / f"{path.stem}_labels.tif", labels)
+        if args.save_raw:
+            for key, arr in raw.items():
+                write_image(out / f"{path.stem}_{key}.tif", arr.astype("float32"))
+    print(f"segmented {len(images) - len(failed)} image(s) into {out.resolve()}")
+    for f in failed:
+        print(f"  FAILED {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _parse_kv(kv):
+    import yaml
+    if "=" not in kv:
+        raise ValueError(f"--set {kv!r} must look like key=value")
+    k, v = kv.split("=", 1)
+    return k.strip(), yaml.safe_load(v)
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
+                     tta=args.tta, **dict(_parse_kv(kv) for kv in args.set or ()))
+    print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
+    print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
+    print(f"  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
+    print(f"results in {(Path(args.run_dir) / ('eval_' + args.split)).resolve()}")
+    return 0
+
+
+def _compare(args) -> int:
+    from .report import compare_runs
+
+    path = compare_runs(args.run_dirs, args.out, split=args.split)
+    print(f"report: {path.resolve()} (and report.html)")
+    return 0
+
+
+def _quickstart(args) -> int:
+    from .quickstart import quickstart
+
+    report = quickstart(data=args.data, out=args.out, budget=args.budget)
+    print(f"report: {Path(report).resolve()}")
+    return 0
+
+
+def _data_fetch(args) -> int:
+    from .datasets import fetch_dsb2018
+
+    root = fetch_dsb2018(args.to, source=args.source, sha256=args.sha256)
+    print(f"DSB 2018 stage-1 training set ready in {root}")
+    print(f"use it with: export UNETFLOW_DATA={root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetflow", description="U-Net instance segmentation of cells and nuclei with boundary or flow labels")
@@ -64,6 +144,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default: OUTPUT_DIR/NAME, time-stamped if it exists)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("predict", help="segment images with a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--manifest", help="segment the images of a manifest instead (or as well)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="only this split of --manifest")
+    p.add_argument("--data", help="data root of --manifest")
+    p.add_argument("--out", required=True, help="output folder for the label TIFFs")
+    p.add_argument("--tta", action="store_true", help="test-time flips")
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--diameter", type=float, help="median object diameter in the images (px), to rescale")
+    p.add_argument("--save-raw", action="store_true", help="also write flows and cellprob (or class probabilities)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override, e.g. cellprob_threshold=-1")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="score a run on a split (thresholds tuned on val first)")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--manifest", help="manifest (default: the run's)")
+    p.add_argument("--data", help="data root (default: the run's)")
+    p.add_argument("--no-tune", action="store_true", help="do not tune thresholds on the val split")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("compare", help="compare evaluated runs in a Markdown/HTML report")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("quickstart", help="boundary vs flow U-Net end to end (synthetic data unless --data)")
+    p.add_argument("--data", help="DSB-layout folder with manifest.csv (default: $UNETFLOW_DATA, else synthetic)")
+    p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
+    p.add_argument("--budget", choices=("tiny", "small"), default="small",
+                   help="training budget: tiny (a minute, for tests) or small (default, under 10 minutes)")
+    p.set_defaults(func=_quickstart)
+
+    p = sub.add_parser("data", help="get public data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    f = dsub.add_parser("fetch", help="download (or convert a local copy of) a public data set")
+    f.add_argument("name", choices=("dsb2018",))
+    f.add_argument("--to", required=True, help="folder to create")
+    f.add_argument("--from", dest="source", help="a local archive (.zip) or folder instead of downloading")
+    f.add_argument("--sha256", help="expected checksum of the archive")
+    f.set_defaults(func=_data_fetch)
     return parser
 
 
@@ -74,7 +200,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"unetflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # e.g. TrainingDivergedError: the message says what was kept

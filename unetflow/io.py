@@ -21,6 +21,8 @@ __all__ = ["read_image", "read_labels", "write_labels", "write_image", "binary_t
 logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 #: A 3-D image whose first axis is at most this long, and whose last is longer, is channels-first.
 MAX_CHANNELS_FIRST = 8
 
@@ -195,6 +197,7 @@ def atomic_write(path, write_fn) -> Path:
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

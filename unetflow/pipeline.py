@@ -21,6 +21,7 @@ import numpy as np
 
 from .augment import AugmentConfig, apply_transform, random_transform, sample_crop
 from .conventions import N_BOUNDARY_CLASSES, TASKS, flows_to_channels_last
+from .flows import diameters
 from .io import read_image
 from .precompute import TargetCache
 from .preprocess import InputConfig, prepare_image
@@ -39,6 +40,12 @@ class TrainingData:
 
     def __len__(self):
         return len(self.items)
+
+    @property
+    def median_diameter(self) -> float:
+        """Median over images of the median object diameter (px), for rescaling at prediction."""
+        d = [it["diameter"] for it in self.items if it["diameter"] > 0]
+        return float(np.median(d)) if d else 0.0
 
 
 def load_training_data(images, label_paths, cache: TargetCache, input_config: InputConfig = InputConfig(),
@@ -64,7 +71,7 @@ def load_training_data(images, label_paths, cache: TargetCache, input_config: In
         if t["labels"].shape != image.shape[:2]:
             raise ValueError(f"{lab}: label shape {t['labels'].shape} differs from image {img} shape {image.shape[:2]}")
         items.append({"image": image, "flows": flows_to_channels_last(t["flows"]),
-                      "cellprob": t["cellprob"], "boundary": t["boundary"]})
+                      "cellprob": t["cellprob"], "boundary": t["boundary"], "diameter": diameters(t["labels"])})
     return TrainingData(items, list(names) if names is not None else [str(p) for p in label_paths])
 
 

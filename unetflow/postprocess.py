@@ -457,6 +457,18 @@ def compute_masks(dP, cellprob, config: PostprocessConfig | None = None, *, retu
     True
     """
     config = (config or PostprocessConfig()).with_overrides(**options)
+    masks, diag = masks_before_checks(dP, cellprob, config)
+    masks = finish_masks(masks, diag, config)
+    return (masks, diag) if return_diagnostics else masks
+
+
+def masks_before_checks(dP, cellprob, config: PostprocessConfig):
+    """The first stage of :func:`compute_masks`: masks from flow following, before the flow check.
+
+    Returns the masks and the diagnostics dict, whose ``flow_errors`` hold every mask's flow error
+    (computed only when ``config.flow_threshold`` is set).  Split from :func:`finish_masks` so that
+    threshold tuning can try several flow thresholds on one flow-following pass.
+    """
     if config.follow not in ("seed", "cellprob"):
         raise ValueError(f"`follow` must be 'seed' or 'cellprob', got {config.follow!r}")
     dP = check_flows(dP, "dP")
@@ -470,8 +482,7 @@ def compute_masks(dP, cellprob, config: PostprocessConfig | None = None, *, retu
     diag = {"iscell": iscell, "p": None, "seeds": np.zeros((0, dP.shape[0]), int),
             "flow_errors": np.zeros(0), "removed_by_flow_check": np.zeros(0, int)}
     if not iscell.any():
-        masks = np.zeros(cellprob.shape, np.int32)
-        return (masks, diag) if return_diagnostics else masks
+        return np.zeros(cellprob.shape, np.int32), diag
     p = follow_flows(dP * iscell / FLOW_SCALE, niter=config.niter, interp=config.interp,
                      mask=iscell if config.follow == "cellprob" else None)
     masks, seeds = get_masks(p, iscell, seed_threshold=config.seed_threshold,
@@ -479,12 +490,16 @@ def compute_masks(dP, cellprob, config: PostprocessConfig | None = None, *, retu
                              max_size_fraction=config.max_size_fraction, rpad=config.rpad, return_seeds=True)
     diag.update(p=p, seeds=seeds)
     if masks.max() > 0 and config.flow_threshold:
-        errors = _flow_errors(masks, dP)
-        diag["flow_errors"] = errors
-        diag["removed_by_flow_check"] = 1 + np.flatnonzero(errors > config.flow_threshold)
+        diag["flow_errors"] = _flow_errors(masks, dP)
+    return masks, diag
+
+
+def finish_masks(masks, diag, config: PostprocessConfig):
+    """The second stage of :func:`compute_masks`: flow check, hole filling, size filter, renumbering."""
+    if config.flow_threshold and len(diag["flow_errors"]):
+        diag["removed_by_flow_check"] = 1 + np.flatnonzero(diag["flow_errors"] > config.flow_threshold)
         masks = _drop_ids(masks, diag["removed_by_flow_check"])
-    masks = fill_holes_and_remove_small_masks(masks, min_size=config.min_size)
-    return (masks, diag) if return_diagnostics else masks
+    return fill_holes_and_remove_small_masks(masks, min_size=config.min_size)
 
 
 def _remove_small(mask, min_size):

@@ -276,6 +276,9 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
 
     if resume is None:
         run_dir = Path(run_dir) if run_dir else _new_run_dir(config)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise FileExistsError(f"{run_dir}: exists and is not empty; continue it with --resume or choose "
+                                  "another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path),
                 "manifest_sha256": data.manifest_sha256, "data_root": str(data.root),
@@ -294,6 +297,9 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     val_imgs, val_labs, val_names = data.splits["val"]
     train_data = load_training_data(train_imgs, train_labs, cache, config.input, train_names, progress)
     val_data = load_training_data(val_imgs, val_labs, cache, config.input, val_names, progress)
+    if "train_median_diameter" not in meta:
+        meta["train_median_diameter"] = train_data.median_diameter
+        _write_json(run_dir / "meta.json", meta)
 
     t = config.train
     if t.mixed_precision:

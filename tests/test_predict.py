@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from unetflow.models import build_flow_unet
+from unetflow.predict import predict_instances, predict_raw, tile_starts
+
+
+@pytest.fixture(scope="module")
+def model():
+    # batch norm off: a batch-norm layer in inference mode is per-pixel anyway, but this keeps the
+    # model a pure convolution whose outputs depend only on a finite neighbourhood
+    return build_flow_unet(depth=3, base_filters=4, batch_norm=False)
+
+
+def test_tile_starts_cover_with_overlap():
+    for length, tile in [(100, 32), (256, 256), (300, 128), (31, 64)]:
+        starts = tile_starts(length, tile, 0.1)
+        assert starts[0] == 0 and (starts[-1] + min(tile, length) == length or length <= tile)
+        assert all(b - a <= tile * 0.9 + 1 for a, b in zip(starts, starts[1:]))
+
+
+def _min_margin(length, tile, overlap):
+    """For each position, the smallest distance to the edge of any tile that covers it."""
+    margin = np.full(length, np.inf)
+    for start in tile_starts(length, tile, overlap):
+        pos = np.arange(start, start + tile)
+        margin[pos] = np.minimum(margin[pos], np.minimum(pos - start, start + tile - 1 - pos))
+    return margin
+
+
+def test_tiled_equals_whole_image_away_from_tile_borders(model):
+    rng = np.random.default_rng(0)
+    image = rng.random((200, 232, 1)).astype(np.float32)
+    whole = predict_raw(model, image, task="flow", tile_size=512)
+    tiled = predict_raw(model, image, task="flow", tile_size=96, overlap=0.25)
+    assert tiled.shape == whole.shape == (200, 232, 3)
+    # a depth-3 U-Net sees about 22 px around a pixel: where every tile covering a pixel has at least
+    # 24 px of margin, tiling cannot change its output
+    far = (_min_margin(200, 96, 0.25)[:, None] >= 24) & (_min_margin(232, 96, 0.25)[None, :] >= 24)
+    assert far.sum() > 1000
+    np.testing.assert_allclose(tiled[far], whole[far], atol=1e-5 * np.abs(whole).max())
+    # near the seams the blend differs, but only a little
+    assert np.abs(tiled - whole).max() < 0.5 * np.abs(whole).max()
+
+
+def test_no_object_split_at_seams():
+    """Flows of a large synthetic image, fed through the tiling as a 'model', recover every object."""
+    from unetflow.flows import masks_to_flows
+    from unetflow.metrics import matching
+    from unetflow.synthetic import synthetic_nuclei
+
+    _, labels = synthetic_nuclei(np.random.default_rng(1), (300, 330))
+    target = np.concatenate([5 * np.moveaxis(masks_to_flows(labels), 0, -1),
+                             np.where(labels > 0, 10.0, -10.0)[..., None]], -1).astype(np.float32)
+
+    class Oracle:
+        """Returns the ideal outputs for whatever tile it is shown (the tile's pixels carry their index)."""
+        inputs = [type("T", (), {"shape": (None, None, None, 1)})()]
+        layers = [type("L", (), {"name": f"down{i}_pool"})() for i in range(2)]
+
+        def predict_on_batch(self, batch):
+            idx = batch[..., 0].astype(int)
+            return target.reshape(-1, 3)[idx]
+
+    index = np.arange(300 * 330, dtype=np.float32).reshape(300, 330, 1)
+    labels_out, raw = predict_instances(Oracle(), index, task="flow", tile_size=96, overlap=0.15,
+                                        follow="cellprob", interp=True)
+    np.testing.assert_allclose(raw["cellprob"], target[..., 2], atol=1e-4)
+    m = matching(labels, labels_out, 0.5)
+    big = np.bincount(labels.ravel())[1:] >= 15
+    assert m.tp >= big.sum() - 1 and m.fp <= 1, m  # one object per object, across tile seams
+
+
+def test_tta_unflips_flow_components():
+    class Flipper:
+        """Outputs dx = +1 where the input increases to the right: flipping must not change the answer."""
+        inputs = [type("T", (), {"shape": (None, None, None, 1)})()]
+        layers = []
+
+        def predict_on_batch(self, batch):
+            x = batch[..., 0]
+            dy = np.gradient(x, axis=1)
+            dx = np.gradient(x, axis=2)
+            return np.stack([dy, dx, np.zeros_like(x)], -1)
+
+    ramp = np.tile(np.arange(16, dtype=np.float32), (12, 1))[..., None] + 10 * np.arange(12)[:, None, None]
+    plain = predict_raw(Flipper(), ramp, task="flow")
+    tta = predict_raw(Flipper(), ramp, task="flow", tta=True)
+    np.testing.assert_allclose(tta, plain, atol=1e-5)
+
+
+def test_channel_mismatch_and_task_errors(model):
+    with pytest.raises(ValueError, match="2 input channel.*expects 1"):
+        predict_instances(model, np.zeros((32, 32, 2), np.float32), task="flow")
+    with pytest.raises(ValueError, match="task"):
+        predict_instances(model, np.zeros((32, 32), np.float32))

@@ -1,0 +1,149 @@
+"""The user's workflow after training: evaluate, compare, quickstart, notebooks, predict CLI."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("tensorflow")
+
+from unetflow.cli import main
+from unetflow.io import read_labels
+from unetflow.metrics import matching_dataset
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """A tiny quickstart: two trained, evaluated runs and their report."""
+    from unetflow.quickstart import quickstart
+    out = tmp_path_factory.mktemp("qs")
+    report = quickstart(out=out, budget="tiny", progress=False)
+    return out, report
+
+
+def test_quickstart_end_to_end(quick):
+    out, report = quick
+    text = report.read_text()
+    assert "| boundary (boundary) |" in text and "| flow (flow) |" in text
+    for f in ("report.html", "ap_vs_iou.png", "errors.png"):
+        assert (out / "report" / f).is_file()
+    assert "<table>" in (out / "report" / "report.html").read_text()
+
+
+def test_evaluation_numbers_match_saved_predictions(quick):
+    out, _ = quick
+    import pandas as pd
+    for task in ("boundary", "flow"):
+        run = out / task
+        s = json.loads((run / "eval_test" / "summary.json").read_text())
+        meta = json.loads((run / "meta.json").read_text())
+        table = pd.read_csv(Path(meta["manifest"]))
+        test = table[table["split"] == "test"]
+        truth = [read_labels(Path(meta["data_root"]) / p) for p in test["label"]]
+        preds = [read_labels(run / "eval_test" / "labels" / f"{Path(p).stem}.tif") for p in test["image"]]
+        m50, m90 = matching_dataset(truth, preds, [0.5, 0.9])
+        assert s["ap50"] == pytest.approx(m50.ap) and s["ap90"] == pytest.approx(m90.ap)
+        assert s["n_true"] == sum(int(t.max()) for t in truth)
+        assert (run / "thresholds.json").is_file()  # tuned on val
+        per_image = pd.read_csv(run / "eval_test" / "per_image.csv")
+        assert set(per_image["image"]) == {Path(p).stem for p in test["image"]} and "modality" in per_image
+
+
+def test_summary_of_known_predictions():
+    from unetflow.evaluate import summarize
+    t = np.zeros((20, 20), np.int32)
+    t[0:10, 0:10] = 1
+    t[0:10, 10:20] = 2
+    p = t.copy()
+    p[p == 2] = 1  # a merge
+    s = summarize([t, t], [t, p], None)
+    assert s["n_true"] == 4 and s["errors"]["merges"] == 1 and s["errors"]["missed"] == 2
+    assert s["ap50"] == pytest.approx(3 / 4)  # 3 TP (the merge matches one object at IoU 0.5), 1 FN
+
+
+def test_notebooks_execute(quick):
+    import nbformat
+    from nbclient import NotebookClient
+    out, _ = quick
+    os.environ["UNETFLOW_RUNS"] = f"{out / 'boundary'}:{out / 'flow'}"
+    try:
+        for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name}: outputs not stripped"
+            NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(out)}}).execute()
+    finally:
+        del os.environ["UNETFLOW_RUNS"]
+
+
+def test_predict_cli_reports_bad_image_and_goes_on(quick, tmp_path, capsys):
+    out, _ = quick
+    good = next((out / "synthetic").rglob("images/*.tif"))
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8))
+    code = main(["predict", str(out / "flow"), str(good), str(bad), "--out", str(tmp_path / "pred"), "--save-raw"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "corrupt.tif" in err
+    assert (tmp_path / "pred" / f"{good.stem}_labels.tif").is_file()
+    assert (tmp_path / "pred" / f"{good.stem}_flows.tif").is_file()
+
+
+def test_run_dir_errors(tmp_path, quick, capsys):
+    from unetflow.predict import load_run
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_run(tmp_path / "nothing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("name: x\n")
+    with pytest.raises(FileNotFoundError, match="missing meta.json"):
+        load_run(tmp_path / "half")
+    out, _ = quick
+    meta = json.loads((out / "flow" / "meta.json").read_text())
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(out / "flow", other)
+    (other / "meta.json").write_text(json.dumps({**meta, "unetflow_version": "0.0.1"}))
+    with pytest.warns(UserWarning, match="made by unetflow 0.0.1"):
+        load_run(other)
+    assert main(["predict", str(out / "flow"), "--out", str(tmp_path / "x")]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "half")]) == 2
+
+
+def test_data_fetch_from_local_archive(tmp_path):
+    import zipfile
+    import imageio.v3 as iio
+    src = tmp_path / "src" / "stage1_train"
+    for k in range(3):
+        sample = src / f"id{k}"
+        (sample / "images").mkdir(parents=True)
+        (sample / "masks").mkdir()
+        img = np.zeros((20, 24, 4), np.uint8)
+        img[..., :3] = 40 * k
+        img[..., 3] = 255
+        iio.imwrite(sample / "images" / f"id{k}.png", img)
+        for j in range(2):
+            m = np.zeros((20, 24), np.uint8)
+            m[2 + 8 * j:8 + 8 * j, 3:10] = 255
+            iio.imwrite(sample / "masks" / f"m{j}.png", m)
+    archive = tmp_path / "dsb.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in src.rglob("*.png"):
+            z.write(f, f.relative_to(tmp_path / "src"))
+    import hashlib
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert main(["data", "fetch", "dsb2018", "--to", str(tmp_path / "bad"), "--from", str(archive),
+                 "--sha256", "0" * 64]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert main(["data", "fetch", "dsb2018", "--to", str(tmp_path / "dsb"), "--from", str(archive),
+                 "--sha256", digest]) == 0
+    from unetflow.manifest import read_manifest
+    m = read_manifest(tmp_path / "dsb" / "manifest.csv", check_shapes=True)
+    assert len(m) == 3
+    lab = read_labels(m.label_path(0))
+    assert lab.max() == 2 and tifffile.imread(m.label_path(0)).dtype == np.uint16

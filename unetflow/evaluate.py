@@ -1,0 +1,181 @@
+"""Evaluation of a run on a split, and post-processing threshold tuning on the validation split.
+
+``evaluate_run`` writes into ``RUN_DIR/eval_<split>/``::
+
+    per_image.csv     one row per (image, IoU threshold): counts, AP, F1, PQ, error categories
+    summary.json      dataset-level scores at IoU 0.50:0.05:0.95, mean F1, error categories,
+                      per-modality scores, timings (s per megapixel), the thresholds used
+    labels/           predicted label TIFFs
+    raw/              raw network outputs (npz) of the first few images, for the report's plots
+
+``tune_thresholds`` searches the post-processing thresholds on the validation split (flow model:
+``cellprob_threshold`` x ``flow_threshold``; boundary model: ``boundary_boost`` x ``method``),
+maximising the mean of AP at IoU 0.5, 0.75 and 0.9, and saves them in ``RUN_DIR/thresholds.json``,
+which ``predict`` then uses.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write, read_image, read_labels, write_labels
+from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
+from .postprocess import boundary_to_labels, compute_masks, finish_masks, masks_before_checks
+from .predict import THRESHOLDS_FILE, Run, load_run, predict_raw
+from .preprocess import prepare_image
+
+__all__ = ["evaluate_run", "tune_thresholds", "predict_split", "summarize", "TUNING_IOUS"]
+
+logger = logging.getLogger(__name__)
+
+#: The tuning objective is the mean AP at these IoU thresholds.
+TUNING_IOUS = (0.5, 0.75, 0.9)
+FLOW_GRID = {"cellprob_threshold": (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0),
+             "flow_threshold": (0.0, 0.2, 0.4, 0.6, 0.8, 1.2)}
+BOUNDARY_GRID = {"boundary_boost": (0.5, 1.0, 2.0, 4.0), "method": ("dilate", "watershed")}
+RAW_EXAMPLES = 6
+
+
+def _split_files(run: Run, split: str, manifest=None, data_root=None):
+    """Image and label paths, names and metadata rows of a split, from the run's (or a given) manifest."""
+    from .manifest import read_manifest
+
+    manifest_path = manifest or run.meta.get("manifest")
+    root = data_root or (None if manifest else run.meta.get("data_root"))
+    if not manifest_path:
+        raise ValueError(f"{run.path}: no manifest recorded in the run; pass --manifest")
+    m = read_manifest(manifest_path, root).split(split)
+    names = [Path(p).stem for p in m.table["image"]]
+    return ([m.image_path(i) for i in range(len(m))], [m.label_path(i) for i in range(len(m))], names,
+            m.table.reset_index(drop=True))
+
+
+def predict_split(run: Run, images, *, tta=False, tile_size=256, progress=True):
+    """Raw network outputs for each image (prepared with the run's input conventions), with timings."""
+    from tqdm.auto import tqdm
+
+    raws, t_net, npx = [], 0.0, 0
+    for path in tqdm(images, desc=f"predict ({run.task})", unit="img", disable=not progress):
+        x = prepare_image(read_image(path), run.config.input)
+        t0 = time.perf_counter()
+        raws.append(predict_raw(run.model, x, task=run.task, tile_size=tile_size, tta=tta))
+        t_net += time.perf_counter() - t0
+        npx += x.shape[0] * x.shape[1]
+    return raws, {"network_s": t_net, "megapixels": npx / 1e6}
+
+
+def _postprocess_all(run: Run, raws, config):
+    if run.task == "flow":
+        return [compute_masks(np.moveaxis(r[..., :2], -1, 0), r[..., 2], config) for r in raws]
+    return [boundary_to_labels(r, config) for r in raws]
+
+
+def _objective(truth, preds):
+    return float(np.mean([m.ap for m in matching_dataset(truth, preds, list(TUNING_IOUS))]))
+
+
+def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "val", tta=False, progress=True) -> dict:
+    """Grid-search the post-processing thresholds on `split`; save and return them.
+
+    Returns a dict with the chosen ``postprocess`` overrides, the objective, and the grid's scores.
+    """
+    from tqdm.auto import tqdm
+
+    images, labels, names, _ = _split_files(run, split, manifest, data_root)
+    truth = [read_labels(p) for p in labels]
+    raws, _ = predict_split(run, images, tta=tta, progress=progress)
+    base = run.config.postprocess.flow if run.task == "flow" else run.config.postprocess.boundary
+    grid = FLOW_GRID if run.task == "flow" else BOUNDARY_GRID
+    scores = []
+    if run.task == "flow":
+        # one flow-following pass per cellprob threshold; the flow check is cheap to redo
+        for cpt in tqdm(grid["cellprob_threshold"], desc="tune thresholds", disable=not progress):
+            cfg = base.with_overrides(cellprob_threshold=cpt, flow_threshold=max(grid["flow_threshold"]))
+            stages = [masks_before_checks(np.moveaxis(r[..., :2], -1, 0), r[..., 2], cfg) for r in raws]
+            for ft in grid["flow_threshold"]:
+                final = base.with_overrides(cellprob_threshold=cpt, flow_threshold=ft)
+                preds = [finish_masks(m, d, final) for m, d in stages]
+                scores.append(({"cellprob_threshold": cpt, "flow_threshold": ft}, _objective(truth, preds)))
+    else:
+        for boost, method in tqdm(list(itertools.product(*grid.values())), desc="tune thresholds",
+                                  disable=not progress):
+            cfg = base.with_overrides(boundary_boost=boost, method=method)
+            scores.append(({"boundary_boost": boost, "method": method},
+                           _objective(truth, [boundary_to_labels(r, cfg) for r in raws])))
+    best, value = max(scores, key=lambda s: s[1])
+    default_value = next((v for p, v in scores if all(getattr(base, k) == x for k, x in p.items())), None)
+    result = {"postprocess": best, "objective": f"mean AP at IoU {list(TUNING_IOUS)} on split {split!r}",
+              "value": value, "value_with_config_defaults": default_value, "n_images": len(images),
+              "grid": [{**p, "score": v} for p, v in scores]}
+    if run.path is not None:
+        atomic_write(run.path / THRESHOLDS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    run.thresholds = best
+    return result
+
+
+def summarize(truth, preds, table, meta_rows=None) -> dict:
+    """Dataset-level scores, mean F1 over 0.5:0.95, error categories, and per-modality scores."""
+    ms = matching_dataset(truth, preds, list(DEFAULT_THRESHOLDS))
+    errors = {}
+    for t, p in zip(truth, preds):
+        for k, v in error_categories(t, p).items():
+            errors[k] = errors.get(k, 0) + v
+    out = {"n_images": len(truth), "n_true": ms[0].n_true,
+           "by_iou": {f"{m.thresh:.2f}": {k: getattr(m, k) for k in
+                                           ("tp", "fp", "fn", "precision", "recall", "f1", "ap",
+                                            "mean_matched_iou", "panoptic_quality")} for m in ms},
+           "mean_f1": float(np.mean([m.f1 for m in ms])), "mean_ap": float(np.mean([m.ap for m in ms])),
+           "errors": errors}
+    out["ap50"], out["ap75"], out["ap90"] = (out["by_iou"][k]["ap"] for k in ("0.50", "0.75", "0.90"))
+    if meta_rows is not None and "modality" in meta_rows.columns:
+        out["by_modality"] = {}
+        for mod in sorted(meta_rows["modality"].dropna().unique()):
+            idx = [i for i, v in enumerate(meta_rows["modality"]) if v == mod]
+            sub = summarize([truth[i] for i in idx], [preds[i] for i in idx], None)
+            out["by_modality"][mod] = {k: sub[k] for k in ("n_images", "n_true", "ap50", "ap75", "ap90",
+                                                           "mean_f1", "errors")}
+    return out
+
+
+def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None, tune: bool = True,
+                 tta: bool = False, progress: bool = True, **postprocess) -> dict:
+    """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
+
+    Returns the summary dict (also written to ``RUN_DIR/eval_<split>/summary.json``).
+    """
+    run = load_run(run_dir)
+    if tune and not (run.path / THRESHOLDS_FILE).is_file() and split != "val":
+        tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, progress=progress)
+    images, labels, names, rows = _split_files(run, split, manifest, data_root)
+    if not images:
+        raise ValueError(f"split {split!r} is empty")
+    truth = [read_labels(p) for p in labels]
+    raws, timing = predict_split(run, images, tta=tta, progress=progress)
+    config = run.postprocess_config(**postprocess)
+    t0 = time.perf_counter()
+    preds = _postprocess_all(run, raws, config)
+    timing["postprocess_s"] = time.perf_counter() - t0
+    out = run.path / f"eval_{split}"
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    (out / "raw").mkdir(exist_ok=True)
+    for k, (name, pred) in enumerate(zip(names, preds)):
+        write_labels(out / "labels" / f"{name}.tif", pred)
+        if k < RAW_EXAMPLES:
+            atomic_write(out / "raw" / f"{name}.npz", lambda tmp, r=raws[k]: np.savez_compressed(tmp, raw=r))
+    table = per_image_table(truth, preds, names)
+    extra = [c for c in rows.columns if c not in ("image", "label", "split", "source", "license")]
+    table = table.merge(rows.assign(image=names)[["image"] + extra], on="image", how="left")
+    atomic_write(out / "per_image.csv", lambda tmp: table.to_csv(tmp, index=False))
+    summary = summarize(truth, preds, table, rows)
+    summary.update(run=str(run.path), task=run.task, split=split, tta=tta,
+                   postprocess={k: v for k, v in vars(config).items()},
+                   timing={**timing, "network_s_per_mpx": timing["network_s"] / timing["megapixels"],
+                           "postprocess_s_per_mpx": timing["postprocess_s"] / timing["megapixels"]},
+                   images=names)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=str)))
+    return summary

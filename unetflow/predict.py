@@ -1,0 +1,225 @@
+"""Prediction: tiled network outputs over images of any size, then one post-processing pass.
+
+The network runs on overlapping tiles whose outputs are blended with tapered weights; flows and
+cellprob (or class probabilities) are stitched for the whole image first and post-processed once,
+so an object crossing a tile border stays one object.  Optional test-time flips un-flip the
+outputs, negating the flow component the flip reversed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .conventions import BOUNDARY, CELLPROB, FLOW_X, FLOW_Y, flows_to_channels_first
+from .postprocess import boundary_to_labels, compute_masks
+from .preprocess import prepare_image
+
+__all__ = ["Run", "load_run", "predict_raw", "predict_instances", "tile_starts", "THRESHOLDS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+#: Post-processing thresholds tuned on the validation split (written by ``unetflow evaluate``).
+THRESHOLDS_FILE = "thresholds.json"
+
+
+@dataclass
+class Run:
+    """A trained run: its config, model and post-processing settings."""
+
+    path: Path | None
+    config: object
+    model: object
+    meta: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.config.model.task
+
+    def postprocess_config(self, **overrides):
+        """The run's post-processing config: config, then tuned thresholds, then `overrides`."""
+        base = self.config.postprocess.flow if self.task == "flow" else self.config.postprocess.boundary
+        return base.with_overrides(**{**self.thresholds, **overrides})
+
+
+def load_run(run_dir, which: str = "best") -> Run:
+    """Load a run directory's model (``best`` or ``last``), config and tuned thresholds.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the directory or one of its files is missing, naming it.
+    """
+    import keras
+
+    from . import losses, schedules  # noqa: F401  (registers the custom objects for loading)
+    from .train import read_run
+
+    run_dir = Path(run_dir)
+    config, meta, state = read_run(run_dir)
+    if meta.get("unetflow_version") != __version__:
+        warnings.warn(f"{run_dir} was made by unetflow {meta.get('unetflow_version')}, this is {__version__}; "
+                      "results may differ", UserWarning, stacklevel=2)
+    model_path = run_dir / f"{which}.keras"
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {which}.keras (epochs done: {state.get('epochs_done', 0)}); "
+                                "was the run trained?")
+    model = keras.models.load_model(model_path)
+    thresholds = {}
+    if (run_dir / THRESHOLDS_FILE).is_file():
+        thresholds = json.loads((run_dir / THRESHOLDS_FILE).read_text())["postprocess"]
+    return Run(run_dir, config, model, meta, thresholds)
+
+
+def tile_starts(length: int, tile: int, overlap: float):
+    """Start offsets of tiles of size `tile` covering `length` with at least `overlap` fraction overlap."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    n = int(np.ceil((length - tile) / stride)) + 1
+    return list(np.linspace(0, length - tile, n).round().astype(int))
+
+
+def _taper(n: int, ramp: int) -> np.ndarray:
+    """1-D blending weights: 1 in the middle, falling linearly over `ramp` pixels towards the ends."""
+    x = np.arange(n, dtype=np.float32)
+    return np.clip(np.minimum(x + 1, n - x) / max(ramp, 1), 1e-3, 1.0)
+
+
+def _run_tiles(model, image, tile, overlap, batch_size, task):
+    """Blended model outputs (probabilities for the boundary task) for one prepared image."""
+    from .models import min_input_multiple
+
+    depth = sum(1 for layer in model.layers if layer.name.endswith("_pool")) + 1
+    mult = min_input_multiple(depth)
+    H, W = image.shape[:2]
+    # pad to a multiple the network accepts (reflecting, so objects at the edge look natural)
+    Hp, Wp = -(-H // mult) * mult, -(-W // mult) * mult
+    mode = "reflect" if min(H, W) > 1 and Hp - H < H and Wp - W < W else "edge"
+    padded = np.pad(image, ((0, Hp - H), (0, Wp - W), (0, 0)), mode=mode)
+    tile = max(mult, tile // mult * mult)
+    th, tw = min(tile, Hp), min(tile, Wp)
+    ys, xs = tile_starts(Hp, th, overlap), tile_starts(Wp, tw, overlap)
+    weight = np.outer(_taper(th, int(th * overlap)) if len(ys) > 1 else np.ones(th, np.float32),
+                      _taper(tw, int(tw * overlap)) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
+    out = np.zeros((Hp, Wp, 3), np.float32)
+    norm = np.zeros((Hp, Wp, 1), np.float32)
+    coords = [(y, x) for y in ys for x in xs]
+    for k in range(0, len(coords), batch_size):
+        chunk = coords[k:k + batch_size]
+        batch = np.stack([padded[y:y + th, x:x + tw] for y, x in chunk])
+        pred = np.asarray(model.predict_on_batch(batch), np.float32)
+        if task == "boundary":  # blend probabilities, not logits
+            pred = np.exp(pred - pred.max(-1, keepdims=True))
+            pred /= pred.sum(-1, keepdims=True)
+        for (y, x), p in zip(chunk, pred):
+            out[y:y + th, x:x + tw] += p * weight
+            norm[y:y + th, x:x + tw] += weight
+    return (out / norm)[:H, :W]
+
+
+def predict_raw(model, image, *, task: str, tile_size: int = 256, overlap: float = 0.1, batch_size: int = 8,
+                tta: bool = False) -> np.ndarray:
+    """Network outputs for a prepared ``(H, W, C)`` image, tiled and blended.
+
+    Returns ``(H, W, 3)``: ``[dy, dx, cellprob_logit]`` (flow task) or class probabilities
+    (boundary task).  With `tta`, the mean over the image and its three flips, each output flipped
+    back (and, for flows, the flipped component negated).
+    """
+    image = np.asarray(image, np.float32)
+    if not tta:
+        return _run_tiles(model, image, tile_size, overlap, batch_size, task)
+    total = np.zeros(image.shape[:2] + (3,), np.float32)
+    for fy in (False, True):
+        for fx in (False, True):
+            x = image[::-1] if fy else image
+            x = x[:, ::-1] if fx else x
+            out = _run_tiles(model, np.ascontiguousarray(x), tile_size, overlap, batch_size, task)
+            out = out[::-1] if fy else out
+            out = out[:, ::-1] if fx else out
+            if task == "flow":
+                out = out.copy()
+                if fy:
+                    out[..., FLOW_Y] *= -1
+                if fx:
+                    out[..., FLOW_X] *= -1
+            total += out
+    return total / 4
+
+
+def _rescale(arr, factor, order):
+    from skimage.transform import rescale
+    return rescale(arr, factor, order=order, channel_axis=-1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+
+
+def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 256,
+                      overlap: float = 0.1, batch_size: int = 8, tta: bool = False, diameter: float | None = None,
+                      train_diameter: float | None = None, **postprocess):
+    """Segment one image: labels plus the raw network outputs.
+
+    Parameters
+    ----------
+    model_or_run : Run, path to a run directory, or keras.Model
+        A Keras model needs `task` (and `input_config` unless the image is already prepared).
+    image : (H, W) or (H, W, C) array
+        The raw image (prepared with the run's input conventions).
+    tile_size, overlap, batch_size : tiling of the network pass.
+    tta : bool
+        Test-time flips.
+    diameter : float, optional
+        Median object diameter in this image (pixels).  With the training diameter known (from
+        the run, or `train_diameter`), the image is rescaled so its objects match the training
+        size before the network, and the outputs are scaled back.
+    **postprocess
+        Overrides of the post-processing options (e.g. ``cellprob_threshold=-1``).
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+    raw : dict
+        ``flows`` (2, H, W) and ``cellprob`` (logits) for the flow task, ``probs`` (H, W, 3) for
+        the boundary task.
+    """
+    run = model_or_run if isinstance(model_or_run, Run) else None
+    if run is None and isinstance(model_or_run, (str, Path)):
+        run = load_run(model_or_run)
+    if run is not None:
+        model, task, input_config = run.model, run.task, run.config.input
+        train_diameter = train_diameter or run.meta.get("train_median_diameter")
+        pp = run.postprocess_config(**postprocess)
+    else:
+        from .config import PostprocessSection
+        model = model_or_run
+        if task not in ("flow", "boundary"):
+            raise ValueError("with a bare Keras model, give `task='flow'` or `task='boundary'`")
+        section = PostprocessSection()
+        pp = (section.flow if task == "flow" else section.boundary).with_overrides(**postprocess)
+    expected = model.inputs[0].shape[-1]
+    x = prepare_image(image, input_config) if input_config is not None else np.asarray(image, np.float32)
+    if x.ndim == 2:
+        x = x[..., None]
+    if x.shape[-1] != expected:
+        raise ValueError(f"`image` gives {x.shape[-1]} input channel(s) but the model expects {expected}")
+    H, W = x.shape[:2]
+    factor = 1.0
+    if diameter and train_diameter:
+        factor = float(train_diameter) / float(diameter)
+    if abs(factor - 1) > 0.05:
+        x = _rescale(x, factor, order=1)
+    raw = predict_raw(model, x, task=task, tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta)
+    if x.shape[:2] != (H, W):
+        from skimage.transform import resize
+        raw = resize(raw, (H, W, 3), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    if task == "flow":
+        dP = flows_to_channels_first(raw[..., :CELLPROB])
+        cellprob = raw[..., CELLPROB]
+        labels = compute_masks(dP, cellprob, pp)
+        return labels, {"flows": dP, "cellprob": cellprob}
+    labels = boundary_to_labels(raw, pp)
+    return labels, {"probs": raw, "boundary_prob": raw[..., BOUNDARY]}

@@ -1,0 +1,244 @@
+"""The comparison report: several evaluated runs side by side, as Markdown and HTML with PNG plots.
+
+Contents: the metrics table (AP at 0.5 / 0.75 / 0.9, mean F1 over 0.5:0.95, precision, recall,
+error categories), per-modality tables when the manifest has a ``modality`` column, paired
+per-image differences against the first run (with a Wilcoxon signed-rank test), AP against the
+IoU threshold, error categories, example overlays of true and predicted outlines, and flow
+colour wheels of the flow runs.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write, read_image, read_labels
+
+__all__ = ["compare_runs"]
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = [("AP@0.5", "ap50"), ("AP@0.75", "ap75"), ("AP@0.9", "ap90"), ("mean F1 0.5:0.95", "mean_f1")]
+ERRORS = ("missed", "extra", "merges", "splits")
+
+
+def _load_eval(run_dir: Path, split: str):
+    import pandas as pd
+
+    folder = run_dir / f"eval_{split}"
+    if not (folder / "summary.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: not evaluated on {split!r} (run `unetflow evaluate {run_dir} --split {split}`)")
+    summary = json.loads((folder / "summary.json").read_text())
+    return summary, pd.read_csv(folder / "per_image.csv")
+
+
+def _label(run_dir: Path, summary) -> str:
+    return f"{run_dir.name} ({summary['task']})"
+
+
+def _md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v):
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _savefig(fig, path):
+    import matplotlib.pyplot as plt
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _plots(runs, out: Path, split: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .flows import flows_to_rgb, masks_to_flows
+
+    files = []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for run_dir, summary, _ in runs:
+        ious = sorted(summary["by_iou"], key=float)
+        ax.plot([float(i) for i in ious], [summary["by_iou"][i]["ap"] for i in ious], "o-",
+                label=_label(run_dir, summary))
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("AP = TP / (TP + FP + FN)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, out / "ap_vs_iou.png")
+    files.append(("AP against the IoU threshold", "ap_vs_iou.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    width = 0.8 / len(runs)
+    for k, (run_dir, summary, _) in enumerate(runs):
+        ax.bar(np.arange(len(ERRORS)) + k * width, [summary["errors"][e] for e in ERRORS], width,
+               label=_label(run_dir, summary))
+    ax.set_xticks(np.arange(len(ERRORS)) + width * (len(runs) - 1) / 2, ERRORS)
+    ax.set_ylabel(f"objects ({split} split)")
+    ax.set_title("error categories (IoU 0.7; merges/splits at IoU > 0.1)", fontsize=9)
+    ax.legend(fontsize=8)
+    _savefig(fig, out / "errors.png")
+    files.append(("Error categories", "errors.png"))
+
+    # examples: the images with the largest difference in AP@0.5 between the first two runs
+    first_dir, first_summary, first_table = runs[0]
+    names = first_summary["images"]
+    if len(runs) > 1:
+        a = first_table[first_table["thresh"] == 0.5].set_index("image")["ap"]
+        b = runs[1][2][runs[1][2]["thresh"] == 0.5].set_index("image")["ap"]
+        order = (b - a).abs().sort_values(ascending=False).index.tolist()
+        names = [n for n in order if n in names]
+    images, labels = _example_files(first_dir, split)
+    from skimage.segmentation import find_boundaries
+    for name in names[:3]:
+        if name not in images:
+            continue
+        img = read_image(images[name]).mean(-1)
+        truth = read_labels(labels[name])
+        lo, hi = np.percentile(img, [1, 99.8])
+        grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+        fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4 * (len(runs) + 1), 4))
+        axes[0].imshow(grey, cmap="gray")
+        axes[0].contour(truth > 0, [0.5], colors="lime", linewidths=0.6)
+        axes[0].set_title(f"{name[:12]}: truth ({truth.max()})", fontsize=9)
+        for ax, (run_dir, summary, table) in zip(axes[1:], runs):
+            pred = read_labels(run_dir / f"eval_{split}" / "labels" / f"{name}.tif") \
+                if (run_dir / f"eval_{split}" / "labels" / f"{name}.tif").is_file() else np.zeros_like(truth)
+            rgb = np.dstack([grey] * 3)
+            rgb[find_boundaries(truth, mode="inner")] = (0, 1, 0)
+            rgb[find_boundaries(pred, mode="inner")] = (1, 0, 1)
+            ax.imshow(rgb)
+            row = table[(table["image"] == name) & (table["thresh"] == 0.5)]
+            ap = float(row["ap"].iloc[0]) if len(row) else float("nan")
+            ax.set_title(f"{_label(run_dir, summary)}: AP@0.5 {ap:.2f}", fontsize=9)
+        for ax in axes:
+            ax.axis("off")
+        fig.suptitle("green: true outlines, magenta: predicted", fontsize=9)
+        _savefig(fig, out / f"overlay_{name[:12]}.png")
+        files.append((f"Example {name[:12]}", f"overlay_{name[:12]}.png"))
+        flow_runs = [(d, s) for d, s, _ in runs if s["task"] == "flow" and (d / f"eval_{split}" / "raw" / f"{name}.npz").is_file()]
+        if flow_runs:
+            fig, axes = plt.subplots(1, len(flow_runs) + 1, figsize=(4 * (len(flow_runs) + 1), 4))
+            axes[0].imshow(flows_to_rgb(masks_to_flows(truth)))
+            axes[0].set_title("flows of the true labels", fontsize=9)
+            for ax, (d, s) in zip(axes[1:], flow_runs):
+                raw = np.load(d / f"eval_{split}" / "raw" / f"{name}.npz")["raw"]
+                ax.imshow(flows_to_rgb(np.moveaxis(raw[..., :2], -1, 0), mask=raw[..., 2] > 0))
+                ax.set_title(f"predicted flows: {d.name}", fontsize=9)
+            for ax in axes:
+                ax.axis("off")
+            _savefig(fig, out / f"flows_{name[:12]}.png")
+            files.append((f"Flow colour wheel {name[:12]}", f"flows_{name[:12]}.png"))
+    return files
+
+
+def _example_files(run_dir: Path, split: str):
+    from .manifest import read_manifest
+    meta = json.loads((run_dir / "meta.json").read_text())
+    try:
+        m = read_manifest(meta["manifest"], meta.get("data_root"), check_files=False).split(split)
+    except (OSError, ValueError):
+        return {}, {}
+    names = [Path(p).stem for p in m.table["image"]]
+    return ({n: m.image_path(i) for i, n in enumerate(names)}, {n: m.label_path(i) for i, n in enumerate(names)})
+
+
+def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
+    """Write the comparison report of evaluated runs into `out_dir`; return the Markdown file's path."""
+    from scipy.stats import wilcoxon
+
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ValueError("give at least one run directory")
+    runs = [(r, *_load_eval(r, split)) for r in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# unetflow comparison ({split} split)", ""]
+    header = ["run", "images", "objects"] + [c for c, _ in COLUMNS] + ["precision@0.5", "recall@0.5"] + list(ERRORS)
+    rows = []
+    for run_dir, s, _ in runs:
+        rows.append([_label(run_dir, s), s["n_images"], s["n_true"]] + [_fmt(s[k]) for _, k in COLUMNS]
+                    + [_fmt(s["by_iou"]["0.50"]["precision"]), _fmt(s["by_iou"]["0.50"]["recall"])]
+                    + [s["errors"][e] for e in ERRORS])
+    md += ["## Scores", "", _md_table(header, rows), ""]
+    mods = sorted({m for _, s, _ in runs for m in s.get("by_modality", {})})
+    if mods:
+        md += ["## By modality", ""]
+        mrows = []
+        for mod in mods:
+            for run_dir, s, _ in runs:
+                b = s["by_modality"].get(mod)
+                if b:
+                    mrows.append([mod, _label(run_dir, s), b["n_images"], b["n_true"]]
+                                 + [_fmt(b[k]) for _, k in COLUMNS] + [b["errors"][e] for e in ERRORS])
+        md += [_md_table(["modality", "run", "images", "objects"] + [c for c, _ in COLUMNS] + list(ERRORS), mrows), ""]
+    if len(runs) > 1:
+        md += ["## Paired per-image differences (AP@0.5, against the first run)", ""]
+        ref_dir, ref_s, ref_t = runs[0]
+        a = ref_t[ref_t["thresh"] == 0.5].set_index("image")["ap"]
+        prow = []
+        for run_dir, s, t in runs[1:]:
+            b = t[t["thresh"] == 0.5].set_index("image")["ap"]
+            common = a.index.intersection(b.index)
+            d = (b[common] - a[common]).to_numpy()
+            p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+            prow.append([f"{_label(run_dir, s)} - {_label(ref_dir, ref_s)}", len(d), _fmt(float(d.mean())),
+                         _fmt(float(np.median(d))), int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum()),
+                         f"{p:.2g}"])
+        md += [_md_table(["difference", "images", "mean", "median", "better", "worse", "equal",
+                          "Wilcoxon p"], prow), ""]
+    md += ["## Post-processing used", ""]
+    for run_dir, s, _ in runs:
+        md.append(f"- {_label(run_dir, s)}: " + ", ".join(f"{k}={v}" for k, v in s["postprocess"].items()))
+    md += ["", "## Timing (this machine)", ""]
+    md += [_md_table(["run", "network s/Mpx", "post-processing s/Mpx"],
+                     [[_label(r, s), _fmt(s["timing"]["network_s_per_mpx"]), _fmt(s["timing"]["postprocess_s_per_mpx"])]
+                      for r, s, _ in runs]), ""]
+    plots = _plots(runs, out, split)
+    md += ["## Plots", ""] + [f"### {title}\n\n![{title}]({f})\n" for title, f in plots]
+    text = "\n".join(md) + "\n"
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(_to_html(text)))
+    return out / "report.md"
+
+
+def _to_html(markdown: str) -> str:
+    """A small Markdown-to-HTML rendering of the report (headings, tables, images, lists)."""
+    body, table = [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
+            body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+                        + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](")
+            body.append(f'<img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}">')
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>unetflow comparison</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
