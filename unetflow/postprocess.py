@@ -368,8 +368,20 @@ def fill_holes_and_remove_small_masks(masks, min_size: int = 15) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- compute_masks
 
+class _Options:
+    """Mixin of the post-processing option dataclasses."""
+
+    def with_overrides(self, **overrides):
+        """A copy with some fields replaced; an unknown name is a TypeError listing the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown post-processing option(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **overrides)
+
+
 @dataclass(frozen=True)
-class PostprocessConfig:
+class PostprocessConfig(_Options):
     """Options of :func:`compute_masks` (the defaults are Cellpose's).
 
     Attributes
@@ -406,12 +418,6 @@ class PostprocessConfig:
     max_size_fraction: float = 0.4
     rpad: int = 20
 
-    def with_overrides(self, **overrides) -> "PostprocessConfig":
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown post-processing option(s) {unknown}; known: {sorted(known)}")
-        return replace(self, **overrides)
 
 
 def compute_masks(dP, cellprob, config: PostprocessConfig | None = None, *, return_diagnostics: bool = False,
@@ -520,7 +526,7 @@ def _drop_ids(masks, ids):
 # ----------------------------------------------------------------------------- boundary model
 
 @dataclass(frozen=True)
-class BoundaryPostprocessConfig:
+class BoundaryPostprocessConfig(_Options):
     """Options of :func:`boundary_to_labels` (defaults: the BBBC recipe, ANCHORS.md).
 
     Attributes
@@ -543,12 +549,6 @@ class BoundaryPostprocessConfig:
     boundary_boost: float = 1.0
     dilation: int = 1
 
-    def with_overrides(self, **overrides) -> "BoundaryPostprocessConfig":
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown post-processing option(s) {unknown}; known: {sorted(known)}")
-        return replace(self, **overrides)
 
 
 def boundary_to_labels(probs, config: BoundaryPostprocessConfig | None = None, **options) -> np.ndarray:
