@@ -120,3 +120,15 @@ def test_missing_manifest_and_cli_errors(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
     assert main(["train"]) == 2
     assert main(["train", "--resume", str(tmp_path / "norun")]) == 2
+
+
+def test_mirrored_strategy_and_multi_worker_check(tmp_path, monkeypatch):
+    # one code path for several GPUs: MirroredStrategy runs on the CPU as a single replica
+    run = run_experiment(load_config(None, tiny(tmp_path, "flow", "train.strategy=mirrored", "train.epochs=1")),
+                         progress=False)
+    assert read_run(run)[2]["status"] == "finished"
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        run_experiment(load_config(None, tiny(tmp_path, "flow", "train.strategy=multi_worker", "name=mw")),
+                       progress=False)
+    assert not (tmp_path / "runs" / "mw").exists()

@@ -273,6 +273,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     elif not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     data = resolve_data(config)
+    strategy = _strategy(config.train.strategy)  # fails early (e.g. no TF_CONFIG), before any file is written
 
     if resume is None:
         run_dir = Path(run_dir) if run_dir else _new_run_dir(config)
@@ -280,7 +281,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
             raise FileExistsError(f"{run_dir}: exists and is not empty; continue it with --resume or choose "
                                   "another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path),
+        meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path.resolve()),
                 "manifest_sha256": data.manifest_sha256, "data_root": str(data.root),
                 "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "task": config.model.task}
@@ -305,7 +306,6 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     if t.mixed_precision:
         keras.mixed_precision.set_global_policy(t.mixed_precision)
     try:
-        strategy = _strategy(t.strategy)
         initial_epoch = state["epochs_done"]
         with strategy.scope():
             if initial_epoch > 0:
