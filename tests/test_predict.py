@@ -96,3 +96,24 @@ def test_channel_mismatch_and_task_errors(model):
         predict_instances(model, np.zeros((32, 32, 2), np.float32), task="flow")
     with pytest.raises(ValueError, match="task"):
         predict_instances(model, np.zeros((32, 32), np.float32))
+
+
+def test_rescaling_to_the_training_object_size(model):
+    """Objects half the training size: the image is zoomed 2x for the network and the outputs scaled back."""
+    calls = []
+
+    class Recorder:
+        inputs = model.inputs
+        layers = model.layers
+
+        def predict_on_batch(self, batch):
+            calls.append(batch.shape)
+            return model.predict_on_batch(batch)
+
+    image = np.random.default_rng(2).random((40, 52)).astype(np.float32)
+    labels, raw = predict_instances(Recorder(), image, task="flow", diameter=10, train_diameter=20)
+    assert labels.shape == (40, 52) and raw["flows"].shape == (2, 40, 52)
+    assert calls[0][1:3] == (80, 104)
+    calls.clear()
+    predict_instances(Recorder(), image, task="flow", diameter=20, train_diameter=20)
+    assert calls[0][1:3] == (40, 52)
