@@ -80,16 +80,38 @@ def main():
     print(f"\nround trip on {len(files)} DSB label images ({n_obj} objects), 2 cores\n")
     print_table(["implementation", "AP@0.5", "AP@0.75", "AP@0.9", "ms/image", "time relative to unetflow"], table)
 
-    if args.worst:
-        preds = rows[-1 - sum(1 for r in rows if r[0].startswith("cellpose"))][1]
-        per = []
-        for f, lab, p in zip(files, labels, preds):
-            m = matching(lab, p, 0.9)
-            per.append((m.fn, f.name[:12], int(lab.max()), m.tp, m.fp))
+    for name, opts in [variants[0], variants[-1]] if args.worst else []:
+        reasons, per = {}, []
+        for f, lab, fl in zip(files, labels, flows):
+            why = miss_reasons(lab, fl, opts)
+            for r in why.values():
+                reasons[r] = reasons.get(r, 0) + 1
+            per.append((len(why), f.name[:12], int(lab.max()), ", ".join(sorted(set(why.values())))))
         per.sort(reverse=True)
-        print(f"\nimages with the most objects missed at IoU 0.9 ({variants[-1][0]}):\n")
-        print_table(["image", "objects", "tp@0.9", "fp@0.9", "fn@0.9"],
-                    [[n, o, tp, fp, fn] for fn, n, o, tp, fp in per[: args.worst]])
+        print(f"\nwhy objects are missed at IoU 0.9 ({name}), over the set: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+        print_table(["image", "objects", "missed@0.9", "reasons"], [[n, o, k, r] for k, n, o, r in per[: args.worst]])
+
+
+def miss_reasons(labels, flows, opts):
+    """For each true object missed at IoU 0.9: why (too small, no seed, split, flow check, IoU < 0.9)."""
+    from unetflow.postprocess import PostprocessConfig, finish_masks, masks_before_checks
+    from unetflow.viz import per_object_iou
+
+    cfg = PostprocessConfig(**opts)
+    before, diag = masks_before_checks(5 * flows, np.where(labels > 0, 10.0, -10.0), cfg)
+    final = finish_masks(before, diag, cfg)
+    iou = per_object_iou(labels, final, 0.9)
+    ids = np.unique(labels)[1:]
+    areas = np.bincount(labels.ravel())[ids]
+    out = {}
+    for k in np.flatnonzero(iou == 0):
+        hit = np.unique(before[labels == ids[k]])
+        hit = hit[hit > 0]
+        out[k] = ("under min_size" if areas[k] < cfg.min_size else "no seed" if hit.size == 0 else
+                  "split" if hit.size > 1 else "flow check" if np.isin(hit, diag["removed_by_flow_check"]).any()
+                  else "IoU < 0.9")
+    return out
 
 
 if __name__ == "__main__":
