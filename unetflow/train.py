@@ -208,15 +208,19 @@ def _callbacks(run_dir: Path, state: dict, patience):
             state["history"].append({"epoch": epoch + 1, **logs})
             state["epochs_done"] = epoch + 1
             val = logs.get("val_loss", logs["loss"])
-            if state.get("best_val_loss") is None or val < state["best_val_loss"]:
+            improved = state.get("best_val_loss") is None or val < state["best_val_loss"]
+            if improved:
                 state["best_val_loss"] = val
                 state["best_epoch"] = epoch + 1
-                atomic_write(run_dir / "best.keras", lambda tmp: self.model.save(tmp))
-            atomic_write(run_dir / "last.keras", lambda tmp: self.model.save(tmp))
+            # state first, model last: a kill in between leaves the model one epoch behind the state,
+            # and a resume trusts the model's own step count (see run_experiment)
             _write_json(run_dir / "state.json", state)
             import pandas as pd
             atomic_write(run_dir / "history.csv", lambda tmp: pd.DataFrame(state["history"]).to_csv(tmp, index=False))
             plot_history(state["history"], run_dir / "training_curves.png")
+            if improved:
+                atomic_write(run_dir / "best.keras", lambda tmp: self.model.save(tmp))
+            atomic_write(run_dir / "last.keras", lambda tmp: self.model.save(tmp))
 
     ckpt = Checkpointer()
     cbs = [ckpt, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False)]
@@ -263,6 +267,8 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     if resume is not None:
         run_dir = Path(resume)
         config, meta, state = read_run(run_dir)
+        for stale in list(run_dir.glob(".*.tmp*")) + list((run_dir / "tensorboard").glob("**/.*.tmp*")):
+            stale.unlink()  # half-written files of a killed run (the real files were never touched)
         if meta.get("unetflow_version") != __version__:
             logger.warning("%s was made by unetflow %s; this is %s", run_dir, meta.get("unetflow_version"), __version__)
         if state.get("status") in ("finished", "stopped_early"):
@@ -311,6 +317,12 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
             if initial_epoch > 0:
                 from . import losses, schedules  # noqa: F401  (registers the custom objects)
                 model = keras.models.load_model(run_dir / "last.keras")
+                done = int(model.optimizer.iterations.numpy()) // t.steps_per_epoch
+                if done != initial_epoch:  # killed between writing the state and the model
+                    logger.warning("%s: the checkpoint holds %d epochs, the state %d; resuming from the checkpoint",
+                                   run_dir, done, initial_epoch)
+                    initial_epoch = state["epochs_done"] = done
+                    state["history"] = [h for h in state["history"] if h["epoch"] <= done]
             else:
                 model = build_model(config)
                 loss, metrics = _loss_and_metrics(config)
