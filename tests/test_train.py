@@ -74,7 +74,7 @@ def test_killed_run_resumes_from_last_epoch(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline:
         state = run / "state.json"
-        if state.exists() and json.loads(state.read_text())["epochs_done"] >= 1:
+        if (run / "last.keras").exists() and json.loads(state.read_text())["epochs_done"] >= 1:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)

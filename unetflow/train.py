@@ -275,7 +275,9 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
             logger.info("%s already finished (%d epochs)", run_dir, state["epochs_done"])
             return run_dir
         if not (run_dir / "last.keras").is_file() and state.get("epochs_done", 0) > 0:
-            raise FileNotFoundError(f"{run_dir}: last.keras is missing; cannot resume")
+            # killed after the first epoch's state but before its model: start that epoch again
+            logger.warning("%s: no last.keras yet; restarting from epoch 0", run_dir)
+            state.update(epochs_done=0, history=[], best_val_loss=None, best_epoch=None)
     elif not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     data = resolve_data(config)
