@@ -41,7 +41,8 @@ def test_tiny_flow_unet_learns_and_recovers_objects(tmp_path):
     _, _, state = read_run(run)
     losses = [h["loss"] for h in state["history"]]
     assert state["epochs_done"] == 6 and losses[-1] < 0.5 * losses[0], losses
-    model = keras.models.load_model(run / "best.keras")
+    from unetflow.models import load_model
+    model = load_model(run / "best.keras")
     data = resolve_data(cfg)
     truth, pred = [], []
     for img, lab in zip(*data.splits["test"][:2]):
@@ -81,13 +82,13 @@ def test_killed_run_resumes_from_last_epoch(tmp_path):
     proc.wait()
     done = json.loads((run / "state.json").read_text())["epochs_done"]
     assert 1 <= done < 3
-    import keras
-    keras.models.load_model(run / "last.keras")  # the checkpoint is whole, whenever the kill came
+    from unetflow.models import load_model
+    load_model(run / "last.keras")  # the checkpoint is whole, whenever the kill came
     run_experiment(resume=run, progress=False)
     assert not list(run.glob(".*tmp*"))  # a temporary file a kill left behind is cleaned up on resume
     _, _, state = read_run(run)
     assert state["status"] == "finished" and [h["epoch"] for h in state["history"]] == [1, 2, 3]
-    model = keras.models.load_model(run / "last.keras")
+    model = load_model(run / "last.keras")
     assert int(model.optimizer.iterations.numpy()) == 3 * 20  # the optimizer state was carried over
 
 

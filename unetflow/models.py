@@ -12,7 +12,7 @@ from keras import layers
 
 from .conventions import FLOW_CHANNELS, N_BOUNDARY_CLASSES
 
-__all__ = ["unet_backbone", "build_boundary_unet", "build_flow_unet", "min_input_multiple"]
+__all__ = ["unet_backbone", "build_boundary_unet", "build_flow_unet", "min_input_multiple", "load_model"]
 
 
 def min_input_multiple(depth: int) -> int:
@@ -110,3 +110,10 @@ def build_flow_unet(input_channels: int = 1, depth: int = 4, base_filters: int =
     x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
     out = layers.Conv2D(FLOW_CHANNELS, 1, activation=None, dtype="float32", name="flows_cellprob")(x)
     return keras.Model(inputs, out, name=name)
+
+
+def load_model(path) -> keras.Model:
+    """Load a ``.keras`` model saved by unetflow (its losses, metrics and schedules registered)."""
+    from . import losses, schedules  # noqa: F401  (importing registers the custom objects)
+
+    return keras.models.load_model(path)

@@ -56,9 +56,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     FileNotFoundError
         If the directory or one of its files is missing, naming it.
     """
-    import keras
-
-    from . import losses, schedules  # noqa: F401  (registers the custom objects for loading)
+    from .models import load_model
     from .train import read_run
 
     run_dir = Path(run_dir)
@@ -70,7 +68,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     if not model_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {which}.keras (epochs done: {state.get('epochs_done', 0)}); "
                                 "was the run trained?")
-    model = keras.models.load_model(model_path)
+    model = load_model(model_path)
     thresholds = {}
     if (run_dir / THRESHOLDS_FILE).is_file():
         thresholds = json.loads((run_dir / THRESHOLDS_FILE).read_text())["postprocess"]

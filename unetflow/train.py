@@ -317,8 +317,8 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         initial_epoch = state["epochs_done"]
         with strategy.scope():
             if initial_epoch > 0:
-                from . import losses, schedules  # noqa: F401  (registers the custom objects)
-                model = keras.models.load_model(run_dir / "last.keras")
+                from .models import load_model
+                model = load_model(run_dir / "last.keras")
                 done = int(model.optimizer.iterations.numpy()) // t.steps_per_epoch
                 if done != initial_epoch:  # killed between writing the state and the model
                     logger.warning("%s: the checkpoint holds %d epochs, the state %d; resuming from the checkpoint",
