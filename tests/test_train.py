@@ -27,7 +27,6 @@ def tiny(tmp_path, task="flow", *extra):
 
 @pytest.mark.slow
 def test_tiny_flow_unet_learns_and_recovers_objects(tmp_path):
-    import keras
     from unetflow.io import read_image, read_labels
     from unetflow.metrics import matching_dataset
     from unetflow.postprocess import compute_masks
