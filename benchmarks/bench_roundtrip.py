@@ -34,7 +34,7 @@ def main():
     args = ap.parse_args()
 
     from unetflow.flows import masks_to_flows
-    from unetflow.metrics import matching, matching_dataset
+    from unetflow.metrics import matching_dataset
     from unetflow.postprocess import compute_masks
 
     files = label_files(data_root(args.data), args.limit)
@@ -45,7 +45,7 @@ def main():
     def cellprob(lab):
         return np.where(lab > 0, 10.0, -10.0).astype(np.float32)
 
-    rows, worst_of = [], {}
+    rows = []
     variants = [("unetflow defaults (seed)", {}), ("unetflow interp=True", {"interp": True}),
                 ("unetflow follow=cellprob", {"follow": "cellprob"}),
                 ("unetflow follow=cellprob, interp=True", {"follow": "cellprob", "interp": True}),

@@ -1,6 +1,5 @@
 """Training runs end to end on the synthetic set (tiny models, small crops)."""
 import json
-import os
 import signal
 import subprocess
 import sys

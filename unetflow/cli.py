@@ -90,7 +90,7 @@ def _evaluate(args) -> int:
                      tta=args.tta, **dict(_parse_kv(kv) for kv in args.set or ()))
     print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
-    print(f"  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
+    print("  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
     print(f"results in {(Path(args.run_dir) / ('eval_' + args.split)).resolve()}")
     return 0
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .boundary import labels_to_boundary_classes
 from .conventions import CELLPROB_TARGET_THRESHOLD
 from .flows import FLOWS_ALGORITHM_VERSION, masks_to_flows

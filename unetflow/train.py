@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from . import __version__
