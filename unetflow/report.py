@@ -97,25 +97,20 @@ def _plots(runs, out: Path, split: str):
         order = (b - a).abs().sort_values(ascending=False).index.tolist()
         names = [n for n in order if n in names]
     images, labels = _example_files(first_dir, split)
-    from skimage.segmentation import find_boundaries
+    from .viz import outline_overlay, to_grey
     for name in names[:3]:
         if name not in images:
             continue
-        img = read_image(images[name]).mean(-1)
+        img = read_image(images[name])
         truth = read_labels(labels[name])
-        lo, hi = np.percentile(img, [1, 99.8])
-        grey = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
         fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4 * (len(runs) + 1), 4))
-        axes[0].imshow(grey, cmap="gray")
+        axes[0].imshow(to_grey(img), cmap="gray")
         axes[0].contour(truth > 0, [0.5], colors="lime", linewidths=0.6)
         axes[0].set_title(f"{name[:12]}: truth ({truth.max()})", fontsize=9)
         for ax, (run_dir, summary, table) in zip(axes[1:], runs):
             pred = read_labels(run_dir / f"eval_{split}" / "labels" / f"{name}.tif") \
                 if (run_dir / f"eval_{split}" / "labels" / f"{name}.tif").is_file() else np.zeros_like(truth)
-            rgb = np.dstack([grey] * 3)
-            rgb[find_boundaries(truth, mode="inner")] = (0, 1, 0)
-            rgb[find_boundaries(pred, mode="inner")] = (1, 0, 1)
-            ax.imshow(rgb)
+            ax.imshow(outline_overlay(img, truth, pred))
             row = table[(table["image"] == name) & (table["thresh"] == 0.5)]
             ap = float(row["ap"].iloc[0]) if len(row) else float("nan")
             ax.set_title(f"{_label(run_dir, summary)}: AP@0.5 {ap:.2f}", fontsize=9)
