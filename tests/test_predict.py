@@ -117,3 +117,5 @@ def test_rescaling_to_the_training_object_size(model):
     calls.clear()
     predict_instances(Recorder(), image, task="flow", diameter=20, train_diameter=20)
     assert calls[0][1:3] == (40, 52)
+    with pytest.raises(ValueError, match="train_diameter"):  # a diameter alone must not be ignored silently
+        predict_instances(Recorder(), image, task="flow", diameter=20)

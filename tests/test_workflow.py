@@ -53,6 +53,70 @@ def test_evaluation_numbers_match_saved_predictions(quick):
         assert set(per_image["image"]) == {Path(p).stem for p in test["image"]} and "modality" in per_image
 
 
+def test_quickstart_on_given_data(dsb_root, tmp_path, capsys):
+    """`unetflow quickstart --data DIR` on a small DSB-layout folder: all three modalities, every split."""
+    import pandas as pd
+    table = pd.read_csv(dsb_root / "manifest.csv")
+    table = table.assign(area=table["height"] * table["width"]).sort_values(["area", "image"])
+    picks = [table[table["modality"] == m].iloc[:2] for m in sorted(table["modality"].unique())]
+    rows = pd.concat(picks).reset_index(drop=True)
+    rows["split"] = ["train", "val", "train", "test", "train", "test"][: len(rows)]
+    data = tmp_path / "data"
+    for col in ("image", "label"):
+        for rel in rows[col]:
+            (data / rel).parent.mkdir(parents=True, exist_ok=True)
+            (data / rel).symlink_to(dsb_root / rel)
+    rows.to_csv(data / "manifest.csv", index=False)
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--data", str(data), "--out", str(out), "--budget", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    summary = (out / "summary.md").read_text()
+    assert summary.strip() in printed
+    for task in ("boundary", "flow"):
+        assert json.loads((out / task / "meta.json").read_text())["data_root"] == str(data.resolve())
+        for split in ("val", "test"):
+            s = json.loads((out / task / f"eval_{split}" / "summary.json").read_text())
+            assert s["n_images"] == (rows["split"] == split).sum()
+            assert f"| {task} | {split} | {s['n_images']} | {s['n_true']} | {s['ap50']:.3f} |" in summary
+    assert (out / "report" / "report.md").is_file()
+
+
+def test_evaluate_rescaled(quick, tmp_path):
+    """--rescale zooms each image by train median / manifest diameter, into its own folder."""
+    import pandas as pd
+    from unetflow.evaluate import evaluate_run
+    from unetflow.predict import load_run
+    out, _ = quick
+    before = (out / "flow" / "eval_test" / "summary.json").read_text()
+    s = evaluate_run(out / "flow", "test", rescale=True, progress=False)
+    assert s["rescale"] and Path(s["out"]) == out / "flow" / "eval_test_rescaled"
+    assert (out / "flow" / "eval_test_rescaled" / "per_image.csv").is_file()
+    assert (out / "flow" / "eval_test" / "summary.json").read_text() == before  # the plain evaluation is kept
+    # every test image at twice the training median diameter: the network sees them at half size
+    run = load_run(out / "flow")
+    manifest = pd.read_csv(run.meta["manifest"])
+    manifest["median_object_diameter_px"] = 2 * run.meta["train_median_diameter"]
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    s = evaluate_run(out / "flow", "test", manifest=tmp_path / "manifest.csv", data_root=run.meta["data_root"],
+                     rescale=True, progress=False)
+    assert s["timing"]["megapixels"] > 0 and s["n_images"] == (manifest["split"] == "test").sum()
+    manifest.drop(columns="median_object_diameter_px").to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(ValueError, match="median_object_diameter_px"):
+        evaluate_run(out / "flow", "test", manifest=tmp_path / "manifest.csv", data_root=run.meta["data_root"],
+                     rescale=True, progress=False)
+
+
+def test_summary_errors_from_table_match_direct_count():
+    from unetflow.evaluate import summarize
+    from unetflow.metrics import per_image_table
+    from conftest import random_labels
+    rng = np.random.default_rng(3)
+    truth = [random_labels(rng) for _ in range(4)]
+    preds = [random_labels(rng) for _ in range(3)] + [truth[3]]
+    table = per_image_table(truth, preds, [f"im{i}" for i in range(4)])
+    assert summarize(truth, preds, table)["errors"] == summarize(truth, preds, None)["errors"]
+
+
 def test_summary_of_known_predictions():
     from unetflow.evaluate import summarize
     t = np.zeros((20, 20), np.int32)

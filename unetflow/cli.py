@@ -87,11 +87,11 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate_run
 
     s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
-                     tta=args.tta, **dict(_parse_kv(kv) for kv in args.set or ()))
+                     tta=args.tta, rescale=args.rescale, **dict(_parse_kv(kv) for kv in args.set or ()))
     print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
     print("  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
-    print(f"results in {(Path(args.run_dir) / ('eval_' + args.split)).resolve()}")
+    print(f"results in {Path(s['out']).resolve()}")
     return 0
 
 
@@ -165,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="manifest (default: the run's)")
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--no-tune", action="store_true", help="do not tune thresholds on the val split")
-    p.add_argument("--tta", action="store_true")
+    p.add_argument("--tta", action="store_true", help="test-time flips")
+    p.add_argument("--rescale", action="store_true",
+                   help="zoom each image so its objects (the manifest's median_object_diameter_px) match the "
+                        "training median diameter; writes eval_<split>_rescaled/")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override")
     p.set_defaults(func=_evaluate)
 

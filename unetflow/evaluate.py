@@ -26,7 +26,7 @@ import numpy as np
 from .io import atomic_write, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
 from .postprocess import boundary_to_labels, compute_masks, finish_masks, masks_before_checks
-from .predict import THRESHOLDS_FILE, Run, load_run, predict_raw
+from .predict import THRESHOLDS_FILE, Run, load_run, predict_rescaled
 from .preprocess import prepare_image
 
 __all__ = ["evaluate_run", "tune_thresholds", "predict_split", "summarize", "TUNING_IOUS"]
@@ -55,15 +55,31 @@ def _split_files(run: Run, split: str, manifest=None, data_root=None):
             m.table.reset_index(drop=True))
 
 
-def predict_split(run: Run, images, *, tta=False, tile_size=256, progress=True):
-    """Raw network outputs for each image (prepared with the run's input conventions), with timings."""
+def _diameters(run: Run, rows):
+    """Per-image object diameters from the manifest, to rescale each image to the training median."""
+    column = "median_object_diameter_px"
+    if column not in rows.columns or rows[column].isna().any():
+        raise ValueError(f"rescaling needs a {column!r} value for every image of the manifest")
+    if not run.meta.get("train_median_diameter"):
+        raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run from before 0.1.0?)")
+    return list(rows[column])
+
+
+def predict_split(run: Run, images, *, tta=False, tile_size=256, diameters=None, progress=True):
+    """Raw network outputs for each image (prepared with the run's input conventions), with timings.
+
+    With `diameters` (one per image), each image is rescaled so its objects match the training
+    median diameter, and the outputs are resized back.
+    """
     from tqdm.auto import tqdm
 
     raws, t_net, npx = [], 0.0, 0
-    for path in tqdm(images, desc=f"predict ({run.task})", unit="img", disable=not progress):
+    train_d = run.meta.get("train_median_diameter")
+    for k, path in enumerate(tqdm(images, desc=f"predict ({run.task})", unit="img", disable=not progress)):
         x = prepare_image(read_image(path), run.config.input)
+        factor = train_d / diameters[k] if diameters is not None else 1.0
         t0 = time.perf_counter()
-        raws.append(predict_raw(run.model, x, task=run.task, tile_size=tile_size, tta=tta))
+        raws.append(predict_rescaled(run.model, x, task=run.task, factor=factor, tile_size=tile_size, tta=tta))
         t_net += time.perf_counter() - t0
         npx += x.shape[0] * x.shape[1]
     return raws, {"network_s": t_net, "megapixels": npx / 1e6}
@@ -121,10 +137,15 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
 def summarize(truth, preds, table, meta_rows=None) -> dict:
     """Dataset-level scores, mean F1 over 0.5:0.95, error categories, and per-modality scores."""
     ms = matching_dataset(truth, preds, list(DEFAULT_THRESHOLDS))
-    errors = {}
-    for t, p in zip(truth, preds):
-        for k, v in error_categories(t, p).items():
-            errors[k] = errors.get(k, 0) + v
+    per_image = table.drop_duplicates("image").reset_index(drop=True) if table is not None else None
+    if per_image is not None:  # per_image_table already holds each image's error categories
+        columns = [c for c in per_image.columns if c.startswith("missed") or c in ("extra", "merges", "splits")]
+        errors = {c: int(per_image[c].sum()) for c in columns}
+    else:
+        errors = {}
+        for t, p in zip(truth, preds):
+            for k, v in error_categories(t, p).items():
+                errors[k] = errors.get(k, 0) + v
     out = {"n_images": len(truth), "n_true": ms[0].n_true,
            "by_iou": {f"{m.thresh:.2f}": {k: getattr(m, k) for k in
                                            ("tp", "fp", "fn", "precision", "recall", "f1", "ap",
@@ -136,17 +157,23 @@ def summarize(truth, preds, table, meta_rows=None) -> dict:
         out["by_modality"] = {}
         for mod in sorted(meta_rows["modality"].dropna().unique()):
             idx = [i for i, v in enumerate(meta_rows["modality"]) if v == mod]
-            sub = summarize([truth[i] for i in idx], [preds[i] for i in idx], None)
+            sub = summarize([truth[i] for i in idx], [preds[i] for i in idx],
+                            per_image.iloc[idx] if per_image is not None else None)
             out["by_modality"][mod] = {k: sub[k] for k in ("n_images", "n_true", "ap50", "ap75", "ap90",
                                                            "mean_f1", "errors")}
     return out
 
 
 def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None, tune: bool = True,
-                 tta: bool = False, progress: bool = True, **postprocess) -> dict:
+                 tta: bool = False, rescale: bool = False, progress: bool = True, **postprocess) -> dict:
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
 
-    Returns the summary dict (also written to ``RUN_DIR/eval_<split>/summary.json``).
+    With `rescale`, each image is zoomed so its objects (the manifest's ``median_object_diameter_px``,
+    known from the annotations) match the training median diameter: a diagnostic of how much object
+    scale costs; the thresholds stay those tuned without rescaling.
+
+    Returns the summary dict (also written to ``RUN_DIR/eval_<split>/summary.json``, or to
+    ``eval_<split>_rescaled/`` with `rescale`).
     """
     run = load_run(run_dir)
     if tune and not (run.path / THRESHOLDS_FILE).is_file() and split != "val":
@@ -155,12 +182,13 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     if not images:
         raise ValueError(f"split {split!r} is empty")
     truth = [read_labels(p) for p in labels]
-    raws, timing = predict_split(run, images, tta=tta, progress=progress)
+    diameters = _diameters(run, rows) if rescale else None
+    raws, timing = predict_split(run, images, tta=tta, diameters=diameters, progress=progress)
     config = run.postprocess_config(**postprocess)
     t0 = time.perf_counter()
     preds = _postprocess_all(run, raws, config)
     timing["postprocess_s"] = time.perf_counter() - t0
-    out = run.path / f"eval_{split}"
+    out = run.path / (f"eval_{split}" + ("_rescaled" if rescale else ""))
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "raw").mkdir(exist_ok=True)
     for k, (name, pred) in enumerate(zip(names, preds)):
@@ -172,7 +200,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     table = table.merge(rows.assign(image=names)[["image"] + extra], on="image", how="left")
     atomic_write(out / "per_image.csv", lambda tmp: table.to_csv(tmp, index=False))
     summary = summarize(truth, preds, table, rows)
-    summary.update(run=str(run.path), task=run.task, split=split, tta=tta,
+    summary.update(run=str(run.path), out=str(out), task=run.task, split=split, tta=tta, rescale=rescale,
                    postprocess={k: v for k, v in vars(config).items()},
                    timing={**timing, "network_s_per_mpx": timing["network_s"] / timing["megapixels"],
                            "postprocess_s_per_mpx": timing["postprocess_s"] / timing["megapixels"]},

@@ -20,7 +20,7 @@ from .conventions import BOUNDARY, CELLPROB, FLOW_X, FLOW_Y, flows_to_channels_f
 from .postprocess import boundary_to_labels, compute_masks
 from .preprocess import prepare_image
 
-__all__ = ["Run", "load_run", "predict_raw", "predict_instances", "tile_starts", "THRESHOLDS_FILE"]
+__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts", "THRESHOLDS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,21 @@ def predict_raw(model, image, *, task: str, tile_size: int = 256, overlap: float
     return total / 4
 
 
-def _rescale(arr, factor, order):
-    from skimage.transform import rescale
-    return rescale(arr, factor, order=order, channel_axis=-1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+def predict_rescaled(model, x, *, task: str, factor: float = 1.0, **kwargs) -> np.ndarray:
+    """:func:`predict_raw` on `x` zoomed by `factor`, the outputs resized back to the size of `x`.
+
+    `factor` is the training median diameter over the image's: objects are brought to the size the
+    network was trained on.  Within 5 % of 1 the image is used as it is.
+    """
+    from skimage.transform import rescale, resize
+
+    H, W = x.shape[:2]
+    if abs(factor - 1) > 0.05:
+        x = rescale(x, factor, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    raw = predict_raw(model, x, task=task, **kwargs)
+    if raw.shape[:2] != (H, W):
+        raw = resize(raw, (H, W, raw.shape[-1]), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    return raw
 
 
 def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 256,
@@ -204,16 +216,11 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         x = x[..., None]
     if x.shape[-1] != expected:
         raise ValueError(f"`image` gives {x.shape[-1]} input channel(s) but the model expects {expected}")
-    H, W = x.shape[:2]
-    factor = 1.0
-    if diameter and train_diameter:
-        factor = float(train_diameter) / float(diameter)
-    if abs(factor - 1) > 0.05:
-        x = _rescale(x, factor, order=1)
-    raw = predict_raw(model, x, task=task, tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta)
-    if x.shape[:2] != (H, W):
-        from skimage.transform import resize
-        raw = resize(raw, (H, W, 3), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    if diameter and not train_diameter:
+        raise ValueError("`diameter` was given but the training median diameter is unknown: pass `train_diameter`")
+    factor = float(train_diameter) / float(diameter) if diameter else 1.0
+    raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
+                           batch_size=batch_size, tta=tta)
     if task == "flow":
         dP = flows_to_channels_first(raw[..., :CELLPROB])
         cellprob = raw[..., CELLPROB]

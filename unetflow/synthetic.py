@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .flows import diameters
 from .io import atomic_write, write_image, write_labels
 
 __all__ = ["synthetic_nuclei", "make_synthetic_dataset"]
@@ -79,14 +80,14 @@ def make_synthetic_dataset(out_dir, n_images: int = 24, shape=(128, 128), seed: 
     (out / "labels").mkdir(parents=True, exist_ok=True)
     n_train = max(1, round(splits[0] * n_images))
     n_val = max(1, round(splits[1] * n_images))
-    rows = ["image,label,split,channels,modality"]
+    rows = ["image,label,split,channels,modality,median_object_diameter_px"]
     for i in range(n_images):
         rng = np.random.default_rng([seed, i])
         image, labels = synthetic_nuclei(rng, shape)
         write_image(out / "images" / f"synth_{i:03d}.tif", image.astype(np.uint16))
         write_labels(out / "labels" / f"synth_{i:03d}.tif", labels)
         split = "train" if i < n_train else ("val" if i < n_train + n_val else "test")
-        rows.append(f"images/synth_{i:03d}.tif,labels/synth_{i:03d}.tif,{split},1,synthetic")
+        rows.append(f"images/synth_{i:03d}.tif,labels/synth_{i:03d}.tif,{split},1,synthetic,{diameters(labels):.1f}")
     path = out / "manifest.csv"
     atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(rows) + "\n"))
     return path

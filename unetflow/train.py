@@ -325,6 +325,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
                     initial_epoch = state["epochs_done"] = done
                     state["history"] = [h for h in state["history"] if h["epoch"] <= done]
             else:
+                keras.utils.set_random_seed(t.seed)  # the seed fixes the initial weights too, not only the crops
                 model = build_model(config)
                 loss, metrics = _loss_and_metrics(config)
                 model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=loss, metrics=metrics)
