@@ -117,6 +117,19 @@ def test_summary_errors_from_table_match_direct_count():
     assert summarize(truth, preds, table)["errors"] == summarize(truth, preds, None)["errors"]
 
 
+def test_report_spread_over_seeds():
+    from unetflow.report import _spread_rows
+
+    def summary(task, ap50, merges):
+        return {"task": task, "ap50": ap50, "ap75": 0.5, "ap90": 0.1, "mean_f1": 0.4,
+                "errors": {"merges": merges, "splits": 3}}
+    runs = [(None, summary("flow", 0.6, 10), None), (None, summary("boundary", 0.5, 7), None),
+            (None, summary("flow", 0.8, 20), None)]
+    (row,) = _spread_rows(runs)  # one boundary run: no spread
+    assert row[:3] == ["flow", 2, "0.700 ± 0.141 [0.600, 0.800]"]
+    assert row[-2:] == ["15 ± 7 [10, 20]", "3 ± 0 [3, 3]"]
+
+
 def test_summary_of_known_predictions():
     from unetflow.evaluate import summarize
     t = np.zeros((20, 20), np.int32)

@@ -1,7 +1,8 @@
 """The comparison report: several evaluated runs side by side, as Markdown and HTML with PNG plots.
 
 Contents: the metrics table (AP at 0.5 / 0.75 / 0.9, mean F1 over 0.5:0.95, precision, recall,
-error categories), per-modality tables when the manifest has a ``modality`` column, paired
+error categories), per-modality tables when the manifest has a ``modality`` column, the spread
+(mean, sd, range) over runs of the same task such as several seeds, paired
 per-image differences against the first run (with a Wilcoxon signed-rank test), AP against the
 IoU threshold, error categories, example overlays of true and predicted outlines, and flow
 colour wheels of the flow runs.
@@ -146,6 +147,22 @@ def _example_files(run_dir: Path, split: str):
     return ({n: m.image_path(i) for i, n in enumerate(names)}, {n: m.label_path(i) for i, n in enumerate(names)})
 
 
+def _spread_rows(runs):
+    """One row per task evaluated in two or more runs: mean ± sd [min, max] of each score."""
+    by_task = {}
+    for _, s, _ in runs:
+        by_task.setdefault(s["task"], []).append(s)
+    rows = []
+    for task, group in by_task.items():
+        if len(group) < 2:
+            continue
+        values = [[g[k] for g in group] for _, k in COLUMNS] + [[g["errors"][e] for g in group] for e in ("merges", "splits")]
+        fmt = [".3f"] * len(COLUMNS) + [".0f", ".0f"]
+        rows.append([task, len(group)] + [f"{np.mean(v):{f}} ± {np.std(v, ddof=1):{f}} [{min(v):{f}}, {max(v):{f}}]"
+                                          for v, f in zip(values, fmt)])
+    return rows
+
+
 def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
     """Write the comparison report of evaluated runs into `out_dir`; return the Markdown file's path."""
     from scipy.stats import wilcoxon
@@ -175,6 +192,10 @@ def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
                     mrows.append([mod, _label(run_dir, s), b["n_images"], b["n_true"]]
                                  + [_fmt(b[k]) for _, k in COLUMNS] + [b["errors"][e] for e in ERRORS])
         md += [_md_table(["modality", "run", "images", "objects"] + [c for c, _ in COLUMNS] + list(ERRORS), mrows), ""]
+    spread = _spread_rows(runs)
+    if spread:
+        md += ["## Spread over runs of the same task (e.g. seeds): mean ± sd [min, max]", "",
+               _md_table(["task", "runs"] + [c for c, _ in COLUMNS] + ["merges", "splits"], spread), ""]
     if len(runs) > 1:
         md += ["## Paired per-image differences (AP@0.5, against the first run)", ""]
         ref_dir, ref_s, ref_t = runs[0]
