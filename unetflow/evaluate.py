@@ -61,7 +61,7 @@ def _diameters(run: Run, rows):
     if column not in rows.columns or rows[column].isna().any():
         raise ValueError(f"rescaling needs a {column!r} value for every image of the manifest")
     if not run.meta.get("train_median_diameter"):
-        raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run from before 0.1.0?)")
+        raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run made by an earlier unetflow)")
     return list(rows[column])
 
 
