@@ -32,6 +32,8 @@ def test_quickstart_end_to_end(quick):
     for f in ("report.html", "ap_vs_iou.png", "errors.png"):
         assert (out / "report" / f).is_file()
     assert "<table>" in (out / "report" / "report.html").read_text()
+    assert list((out / "report").glob("flows_*.png")) and "Flow colour wheel" in text
+    assert "| flow (flow) - boundary (boundary) |" in text  # paired per-image differences
 
 
 def test_evaluation_numbers_match_saved_predictions(quick):
@@ -128,6 +130,24 @@ def test_report_spread_over_seeds():
     (row,) = _spread_rows(runs)  # one boundary run: no spread
     assert row[:3] == ["flow", 2, "0.700 ± 0.141 [0.600, 0.800]"]
     assert row[-2:] == ["15 ± 7 [10, 20]", "3 ± 0 [3, 3]"]
+
+
+def test_report_pairs_runs_by_seed():
+    import pandas as pd
+    from unetflow.report import _paired_differences
+
+    def run(name, task, aps):
+        table = pd.DataFrame({"image": ["a", "b", "c"], "thresh": 0.5, "ap": aps})
+        return (Path(name), {"task": task}, table)
+    runs = [run("b0", "boundary", [0.5, 0.5, 0.5]), run("b1", "boundary", [0.7, 0.5, 0.5]),
+            run("f0", "flow", [0.6, 0.4, 0.5]), run("f1", "flow", [0.8, 0.8, 0.5])]
+    rows = _paired_differences(runs)
+    assert [r[0] for r in rows] == ["f0 (flow) - b0 (boundary)", "f1 (flow) - b1 (boundary)",
+                                    "mean of 2 flow runs - mean of 2 boundary runs"]
+    assert rows[0][2:7] == ["0.000", "0.000", 1, 1, 1]  # mean, median, better, worse, equal
+    assert rows[2][1] == 3 and rows[2][2] == f"{(0.1 + 0.1 + 0) / 3:.3f}"  # per-image means: a 0.6 vs 0.7, b 0.5 vs 0.6, c equal
+    # unequal groups: each run against the first
+    assert [r[0] for r in _paired_differences(runs[:3])] == ["b1 (boundary) - b0 (boundary)", "f0 (flow) - b0 (boundary)"]
 
 
 def test_summary_of_known_predictions():

@@ -2,10 +2,10 @@
 
 Contents: the metrics table (AP at 0.5 / 0.75 / 0.9, mean F1 over 0.5:0.95, precision, recall,
 error categories), per-modality tables when the manifest has a ``modality`` column, the spread
-(mean, sd, range) over runs of the same task such as several seeds, paired
-per-image differences against the first run (with a Wilcoxon signed-rank test), AP against the
-IoU threshold, error categories, example overlays of true and predicted outlines, and flow
-colour wheels of the flow runs.
+(mean, sd, range) over runs of the same task such as several seeds, paired per-image differences
+(one task against the other run by run, or each run against the first; Wilcoxon signed-rank test),
+AP against the IoU threshold, error categories, example overlays of true and predicted outlines,
+and flow colour wheels of the flow runs.
 """
 from __future__ import annotations
 
@@ -120,19 +120,23 @@ def _plots(runs, out: Path, split: str):
         fig.suptitle("green: true outlines, magenta: predicted", fontsize=9)
         _savefig(fig, out / f"overlay_{name[:12]}.png")
         files.append((f"Example {name[:12]}", f"overlay_{name[:12]}.png"))
-        flow_runs = [(d, s) for d, s, _ in runs if s["task"] == "flow" and (d / f"eval_{split}" / "raw" / f"{name}.npz").is_file()]
-        if flow_runs:
-            fig, axes = plt.subplots(1, len(flow_runs) + 1, figsize=(4 * (len(flow_runs) + 1), 4))
-            axes[0].imshow(flows_to_rgb(masks_to_flows(truth)))
-            axes[0].set_title("flows of the true labels", fontsize=9)
-            for ax, (d, s) in zip(axes[1:], flow_runs):
-                raw = np.load(d / f"eval_{split}" / "raw" / f"{name}.npz")["raw"]
-                ax.imshow(flows_to_rgb(np.moveaxis(raw[..., :2], -1, 0), mask=raw[..., 2] > 0))
-                ax.set_title(f"predicted flows: {d.name}", fontsize=9)
-            for ax in axes:
-                ax.axis("off")
-            _savefig(fig, out / f"flows_{name[:12]}.png")
-            files.append((f"Flow colour wheel {name[:12]}", f"flows_{name[:12]}.png"))
+    # flow colour wheels of an image whose raw outputs every flow run kept (evaluate keeps a few)
+    flow_runs = [d for d, s, _ in runs if s["task"] == "flow"]
+    kept = [n for n in names if n in labels and flow_runs and
+            all((d / f"eval_{split}" / "raw" / f"{n}.npz").is_file() for d in flow_runs)]
+    if kept:
+        name = kept[0]
+        fig, axes = plt.subplots(1, len(flow_runs) + 1, figsize=(4 * (len(flow_runs) + 1), 4))
+        axes[0].imshow(flows_to_rgb(masks_to_flows(read_labels(labels[name]))))
+        axes[0].set_title("flows of the true labels", fontsize=9)
+        for ax, d in zip(axes[1:], flow_runs):
+            raw = np.load(d / f"eval_{split}" / "raw" / f"{name}.npz")["raw"]
+            ax.imshow(flows_to_rgb(np.moveaxis(raw[..., :2], -1, 0), mask=raw[..., 2] > 0))
+            ax.set_title(f"predicted flows: {d.name}", fontsize=9)
+        for ax in axes:
+            ax.axis("off")
+        _savefig(fig, out / f"flows_{name[:12]}.png")
+        files.append((f"Flow colour wheel {name[:12]}", f"flows_{name[:12]}.png"))
     return files
 
 
@@ -163,10 +167,46 @@ def _spread_rows(runs):
     return rows
 
 
-def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
-    """Write the comparison report of evaluated runs into `out_dir`; return the Markdown file's path."""
+def _paired_differences(runs):
+    """Per-image AP@0.5 differences with a Wilcoxon signed-rank test.
+
+    With two tasks evaluated in the same number of runs (e.g. boundary and flow, one run per seed,
+    listed in the same seed order), the k-th run of the second task is paired with the k-th of the
+    first, and with several seeds the per-image means over seeds are compared as well (one value
+    per image, so the test does not count an image twice).  Otherwise each run is compared with
+    the first.
+    """
     from scipy.stats import wilcoxon
 
+    def ap50(table):
+        return table[table["thresh"] == 0.5].set_index("image")["ap"]
+
+    def row(name, a, b):
+        common = a.index.intersection(b.index)
+        d = (b[common] - a[common]).to_numpy()
+        p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
+        return [name, len(d), _fmt(float(d.mean())), _fmt(float(np.median(d))), int((d > 0).sum()),
+                int((d < 0).sum()), int((d == 0).sum()), f"{p:.2g}"]
+
+    groups = {}
+    for r in runs:
+        groups.setdefault(r[1]["task"], []).append(r)
+    if len(groups) == 2 and len(set(map(len, groups.values()))) == 1:
+        first, second = groups.values()
+        rows = [row(f"{_label(rb, sb)} - {_label(ra, sa)}", ap50(ta), ap50(tb))
+                for (ra, sa, ta), (rb, sb, tb) in zip(first, second)]
+        if len(first) > 1:
+            def mean(group):
+                return sum(ap50(t) for _, _, t in group) / len(group)
+            rows.append(row(f"mean of {len(second)} {second[0][1]['task']} runs - mean of {len(first)} "
+                            f"{first[0][1]['task']} runs", mean(first), mean(second)))
+        return rows
+    ref_dir, ref_s, ref_t = runs[0]
+    return [row(f"{_label(r, s)} - {_label(ref_dir, ref_s)}", ap50(ref_t), ap50(t)) for r, s, t in runs[1:]]
+
+
+def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
+    """Write the comparison report of evaluated runs into `out_dir`; return the Markdown file's path."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("give at least one run directory")
@@ -196,21 +236,10 @@ def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
     if spread:
         md += ["## Spread over runs of the same task (e.g. seeds): mean ± sd [min, max]", "",
                _md_table(["task", "runs"] + [c for c, _ in COLUMNS] + ["merges", "splits"], spread), ""]
-    if len(runs) > 1:
-        md += ["## Paired per-image differences (AP@0.5, against the first run)", ""]
-        ref_dir, ref_s, ref_t = runs[0]
-        a = ref_t[ref_t["thresh"] == 0.5].set_index("image")["ap"]
-        prow = []
-        for run_dir, s, t in runs[1:]:
-            b = t[t["thresh"] == 0.5].set_index("image")["ap"]
-            common = a.index.intersection(b.index)
-            d = (b[common] - a[common]).to_numpy()
-            p = wilcoxon(d).pvalue if np.any(d != 0) else 1.0
-            prow.append([f"{_label(run_dir, s)} - {_label(ref_dir, ref_s)}", len(d), _fmt(float(d.mean())),
-                         _fmt(float(np.median(d))), int((d > 0).sum()), int((d < 0).sum()), int((d == 0).sum()),
-                         f"{p:.2g}"])
-        md += [_md_table(["difference", "images", "mean", "median", "better", "worse", "equal",
-                          "Wilcoxon p"], prow), ""]
+    pairs = _paired_differences(runs)
+    if pairs:
+        md += ["## Paired per-image differences (AP@0.5)", "",
+               _md_table(["difference", "images", "mean", "median", "better", "worse", "equal", "Wilcoxon p"], pairs), ""]
     md += ["## Post-processing used", ""]
     for run_dir, s, _ in runs:
         md.append(f"- {_label(run_dir, s)}: " + ", ".join(f"{k}={v}" for k, v in s["postprocess"].items()))
