@@ -94,6 +94,8 @@ def test_evaluate_rescaled(quick, tmp_path):
     assert s["rescale"] and Path(s["out"]) == out / "flow" / "eval_test_rescaled"
     assert (out / "flow" / "eval_test_rescaled" / "per_image.csv").is_file()
     assert (out / "flow" / "eval_test" / "summary.json").read_text() == before  # the plain evaluation is kept
+    s = evaluate_run(out / "flow", "test", rescale=True, tta=True, progress=False)
+    assert Path(s["out"]) == out / "flow" / "eval_test_tta_rescaled" and s["tta"]
     # every test image at twice the training median diameter: the network sees them at half size
     run = load_run(out / "flow")
     manifest = pd.read_csv(run.meta["manifest"])

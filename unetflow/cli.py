@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="manifest (default: the run's)")
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--no-tune", action="store_true", help="do not tune thresholds on the val split")
-    p.add_argument("--tta", action="store_true", help="test-time flips")
+    p.add_argument("--tta", action="store_true", help="test-time flips; writes eval_<split>_tta/")
     p.add_argument("--rescale", action="store_true",
                    help="zoom each image so its objects (the manifest's median_object_diameter_px) match the "
                         "training median diameter; writes eval_<split>_rescaled/")

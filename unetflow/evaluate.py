@@ -1,6 +1,7 @@
 """Evaluation of a run on a split, and post-processing threshold tuning on the validation split.
 
-``evaluate_run`` writes into ``RUN_DIR/eval_<split>/``::
+``evaluate_run`` writes into ``RUN_DIR/eval_<split>/`` (``eval_<split>_tta/``, ``..._rescaled/`` for
+those variants)::
 
     per_image.csv     one row per (image, IoU threshold): counts, AP, F1, PQ, error categories
     summary.json      dataset-level scores at IoU 0.50:0.05:0.95, mean F1, error categories,
@@ -172,8 +173,9 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     known from the annotations) match the training median diameter: a diagnostic of how much object
     scale costs; the thresholds stay those tuned without rescaling.
 
-    Returns the summary dict (also written to ``RUN_DIR/eval_<split>/summary.json``, or to
-    ``eval_<split>_rescaled/`` with `rescale`).
+    Returns the summary dict (also written to ``RUN_DIR/eval_<split>/summary.json``; with `tta` or
+    `rescale` to ``eval_<split>_tta/``, ``eval_<split>_rescaled/`` or ``eval_<split>_tta_rescaled/``, so the
+    plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir)
     if tune and not (run.path / THRESHOLDS_FILE).is_file() and split != "val":
@@ -188,7 +190,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     t0 = time.perf_counter()
     preds = _postprocess_all(run, raws, config)
     timing["postprocess_s"] = time.perf_counter() - t0
-    out = run.path / (f"eval_{split}" + ("_rescaled" if rescale else ""))
+    out = run.path / (f"eval_{split}" + ("_tta" if tta else "") + ("_rescaled" if rescale else ""))
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "raw").mkdir(exist_ok=True)
     for k, (name, pred) in enumerate(zip(names, preds)):
