@@ -1,3 +1,5 @@
+import zlib
+
 import numpy as np
 import pytest
 
@@ -30,7 +32,7 @@ def test_seed_example_flows():
 
 @pytest.mark.parametrize("kind", ["touching", "rect", "holes", "pixels"])
 def test_agrees_with_seed_code_on_random_labels(kind):
-    rng = np.random.default_rng(abs(hash(kind)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(kind.encode()))  # not hash(): it changes with every interpreter
     for _ in range(15):
         labels = random_labels(rng, kind=kind)
         ours = masks_to_flows(labels)
