@@ -151,15 +151,21 @@ def _example_files(run_dir: Path, split: str):
     return ({n: m.image_path(i) for i, n in enumerate(names)}, {n: m.label_path(i) for i, n in enumerate(names)})
 
 
+def _by_task(runs) -> dict:
+    """The runs grouped by task, in the order given."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r[1]["task"], []).append(r)
+    return groups
+
+
 def _spread_rows(runs):
     """One row per task evaluated in two or more runs: mean ± sd [min, max] of each score."""
-    by_task = {}
-    for _, s, _ in runs:
-        by_task.setdefault(s["task"], []).append(s)
     rows = []
-    for task, group in by_task.items():
+    for task, group in _by_task(runs).items():
         if len(group) < 2:
             continue
+        group = [s for _, s, _ in group]
         values = [[g[k] for g in group] for _, k in COLUMNS] + [[g["errors"][e] for g in group] for e in ("merges", "splits")]
         fmt = [".3f"] * len(COLUMNS) + [".0f", ".0f"]
         rows.append([task, len(group)] + [f"{np.mean(v):{f}} ± {np.std(v, ddof=1):{f}} [{min(v):{f}}, {max(v):{f}}]"
@@ -188,9 +194,7 @@ def _paired_differences(runs):
         return [name, len(d), _fmt(float(d.mean())), _fmt(float(np.median(d))), int((d > 0).sum()),
                 int((d < 0).sum()), int((d == 0).sum()), f"{p:.2g}"]
 
-    groups = {}
-    for r in runs:
-        groups.setdefault(r[1]["task"], []).append(r)
+    groups = _by_task(runs)
     if len(groups) == 2 and len(set(map(len, groups.values()))) == 1:
         first, second = groups.values()
         rows = [row(f"{_label(rb, sb)} - {_label(ra, sa)}", ap50(ta), ap50(tb))
