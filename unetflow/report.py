@@ -122,8 +122,8 @@ def _plots(runs, out: Path, split: str):
         files.append((f"Example {name[:12]}", f"overlay_{name[:12]}.png"))
     # flow colour wheels of an image whose raw outputs every flow run kept (evaluate keeps a few)
     flow_runs = [d for d, s, _ in runs if s["task"] == "flow"]
-    kept = [n for n in names if n in labels and flow_runs and
-            all((d / f"eval_{split}" / "raw" / f"{n}.npz").is_file() for d in flow_runs)]
+    kept = [n for n in names if n in labels and
+            all((d / f"eval_{split}" / "raw" / f"{n}.npz").is_file() for d in flow_runs)] if flow_runs else []
     if kept:
         name = kept[0]
         fig, axes = plt.subplots(1, len(flow_runs) + 1, figsize=(4 * (len(flow_runs) + 1), 4))
