@@ -21,7 +21,8 @@ def _extend_centers(T, y, x, ymed, xmed, Lx, niter):
     return T
 
 
-def masks_to_flows(masks):
+def masks_to_flows(masks, normalize=True):
+    """The seed's flows; with ``normalize=False`` (2-D only) the raw gradients before the unit scaling."""
     if masks.ndim > 2:
         Lz, Ly, Lx = masks.shape
         mu = np.zeros((3, Lz, Ly, Lx), np.float32)
@@ -61,7 +62,8 @@ def masks_to_flows(masks):
             dx = T[y * lx + x + 1] - T[y * lx + x - 1]
             mu[:, sr.start + y - 1, sc.start + x - 1] = np.stack((dy, dx))
 
-    mu /= (1e-20 + (mu ** 2).sum(axis=0) ** 0.5)
+    if normalize:
+        mu /= (1e-20 + (mu ** 2).sum(axis=0) ** 0.5)
     return mu, None
 
 

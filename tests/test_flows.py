@@ -5,7 +5,7 @@ import pytest
 
 import seed_reference
 from conftest import random_labels
-from unetflow.flows import diameters, flows_to_rgb, masks_to_flows
+from unetflow.flows import _raw_gradients_2d, diameters, flows_to_rgb, masks_to_flows
 
 # The two-object 10x10 example of 000_e6f1c99ff19c11a5.txt and the flows printed there.
 SEED_MASK = np.zeros((10, 10), np.int32)
@@ -37,7 +37,16 @@ def test_agrees_with_seed_code_on_random_labels(kind):
         labels = random_labels(rng, kind=kind)
         ours = masks_to_flows(labels)
         ref = seed_reference.masks_to_flows(labels)[0]
-        np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
+        # A unit vector has a direction only where the raw gradient stands above rounding.  Where
+        # it is a difference of two nearly equal numbers (~1e-16, e.g. on a symmetry axis), its
+        # direction is rounding noise that the seed's 1e-20 guard blows up to unit length, and
+        # its last bits depend on the CPU's log and vector code (AVX2 vs AVX-512 differ).  There
+        # the raw gradients are compared instead; elsewhere the tolerance is the seed's 1e-6.
+        raw = seed_reference.masks_to_flows(labels, normalize=False)[0]
+        defined = np.sqrt((raw ** 2).sum(0)) > 1e-9
+        np.testing.assert_allclose(ours[:, defined], ref[:, defined], atol=1e-6, rtol=0)
+        ours_raw = _raw_gradients_2d(labels.astype(np.int32))
+        np.testing.assert_allclose(ours_raw, raw, atol=1e-12, rtol=0)
         assert np.all(ours[:, labels == 0] == 0)
         norms = np.sqrt((ours ** 2).sum(0))[labels > 0]
         # unit vectors, except where the seed's gradient vanishes (~1e-20 against its 1e-20 guard)

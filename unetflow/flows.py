@@ -99,8 +99,8 @@ def _flows_2d(masks, boxes, order, nthreads):
     return mu
 
 
-def _masks_to_flows_2d(masks: np.ndarray) -> np.ndarray:
-    """(2, H, W) float64 unit flows of validated 2-D int32 labels."""
+def _raw_gradients_2d(masks: np.ndarray) -> np.ndarray:
+    """(2, H, W) float64 gradients of log(1 + T) of validated 2-D int32 labels, before normalisation."""
     slices = ndimage.find_objects(masks)
     boxes = np.zeros((len(slices), 4), np.int64)
     present = []
@@ -114,7 +114,12 @@ def _masks_to_flows_2d(masks: np.ndarray) -> np.ndarray:
     w = boxes[present, 3] - boxes[present, 2]
     order = present[np.argsort(-(h + w) * h * w, kind="stable")]
     nthreads = max(1, min(numba.get_num_threads(), len(order)))
-    mu = _flows_2d(masks, boxes, order, nthreads)
+    return _flows_2d(masks, boxes, order, nthreads)
+
+
+def _masks_to_flows_2d(masks: np.ndarray) -> np.ndarray:
+    """(2, H, W) float64 unit flows of validated 2-D int32 labels."""
+    mu = _raw_gradients_2d(masks)
     mu /= 1e-20 + (mu ** 2).sum(axis=0) ** 0.5
     return mu
 
