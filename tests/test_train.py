@@ -24,31 +24,92 @@ def tiny(tmp_path, task="flow", *extra):
             "train.steps_per_epoch=3", "train.batch_size=2", "train.val_crops=4", *extra]
 
 
+@pytest.fixture(scope="module")
+def tiny_flow(tmp_path_factory):
+    """experiments/tiny_flow.yaml trained once on the synthetic set: (config, run directory)."""
+    tmp_path = tmp_path_factory.mktemp("tiny_flow")
+    cfg = load_config(EXPERIMENTS / "tiny_flow.yaml", ["output_dir=" + str(tmp_path / "runs"),
+                                                       "data.cache=" + str(tmp_path / "cache"),
+                                                       "data.root=" + str(tmp_path / "synth")])
+    return cfg, run_experiment(cfg, progress=False)
+
+
+def _test_split(cfg):
+    from unetflow.train import resolve_data
+    return list(zip(*resolve_data(cfg).splits["test"][:2]))
+
+
 @pytest.mark.slow
-def test_tiny_flow_unet_learns_and_recovers_objects(tmp_path):
+def test_tiny_flow_unet_learns_and_recovers_objects(tiny_flow):
     from unetflow.io import read_image, read_labels
     from unetflow.metrics import matching_dataset
     from unetflow.postprocess import compute_masks
     from unetflow.preprocess import prepare_image
-    from unetflow.train import resolve_data
 
-    cfg = load_config(EXPERIMENTS / "tiny_flow.yaml", ["output_dir=" + str(tmp_path / "runs"),
-                                                       "data.cache=" + str(tmp_path / "cache"),
-                                                       "data.root=" + str(tmp_path / "synth")])
-    run = run_experiment(cfg, progress=False)
+    cfg, run = tiny_flow
     _, _, state = read_run(run)
     losses = [h["loss"] for h in state["history"]]
     assert state["epochs_done"] == 6 and losses[-1] < 0.5 * losses[0], losses
     from unetflow.models import load_model
     model = load_model(run / "best.keras")
-    data = resolve_data(cfg)
     truth, pred = [], []
-    for img, lab in zip(*data.splits["test"][:2]):
+    for img, lab in _test_split(cfg):
         y = model.predict(prepare_image(read_image(img), cfg.input)[None], verbose=0)[0]
         pred.append(compute_masks(np.moveaxis(y[..., :2], -1, 0), y[..., 2], cfg.postprocess.flow))
         truth.append(read_labels(lab))
     m = matching_dataset(truth, pred, [0.5])[0]
     assert m.recall > 0.6 and m.precision > 0.6, m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zoom", [0.5, 1.0, 2.0])
+def test_diameter_estimate_at_known_scales(tiny_flow, zoom):
+    """The size search finds the objects' median diameter of synthetic images zoomed 0.5-2x to 10%."""
+    from skimage.transform import rescale
+
+    from unetflow.flows import diameters
+    from unetflow.io import read_image, read_labels
+    from unetflow.predict import estimate_diameter, load_run
+    from unetflow.preprocess import prepare_image
+
+    cfg, run_dir = tiny_flow
+    run = load_run(run_dir)
+    errors = []
+    for img, lab in _test_split(cfg):
+        x = rescale(read_image(img), zoom, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=zoom < 1)
+        truth = diameters(rescale(read_labels(lab), zoom, order=0, preserve_range=True, anti_aliasing=False)
+                          .astype(np.int32))
+        d = estimate_diameter(run.model, prepare_image(x, cfg.input), task="flow",
+                              train_diameter=run.meta["train_median_diameter"], postprocess=run.postprocess_config())
+        errors.append(d / truth - 1)
+    assert np.median(np.abs(errors)) <= 0.10, errors
+
+
+@pytest.mark.slow
+def test_auto_diameter_through_api_and_cli(tiny_flow, tmp_path, capsys):
+    from skimage.transform import rescale
+
+    from unetflow.cli import main
+    from unetflow.io import read_image, read_labels, write_image
+    from unetflow.metrics import matching
+    from unetflow.predict import predict_instances
+
+    cfg, run_dir = tiny_flow
+    img, lab = _test_split(cfg)[0]
+    big = rescale(read_image(img), 2.0, order=1, channel_axis=-1, preserve_range=True)
+    truth = rescale(read_labels(lab), 2.0, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+    labels, raw = predict_instances(run_dir, big, diameter="auto")
+    assert labels.shape == truth.shape and raw["diameter"] > 0
+    assert matching(truth, labels, 0.5).recall > 0.6
+    write_image(tmp_path / "big.tif", big.astype(np.uint16))
+    assert main(["predict", str(run_dir), str(tmp_path / "big.tif"), "--out", str(tmp_path / "out"),
+                 "--diameter", "auto"]) == 0
+    assert (tmp_path / "out" / "big_labels.tif").is_file()
+    for bad in ("-3", "0", "large"):
+        assert main(["predict", str(run_dir), str(tmp_path / "big.tif"), "--out", str(tmp_path / "bad"),
+                     "--diameter", bad]) == 2
+        assert "positive number of pixels or 'auto'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_run_directory_contents_and_traceability(tmp_path):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["AugmentConfig", "sample_crop", "apply_transform", "random_transform", "Transform"]
+__all__ = ["AugmentConfig", "sample_crop", "apply_transform", "random_transform", "Transform", "base_zoom",
+           "augment_appearance"]
 
 #: How each kind of array is resampled.
 KINDS = {"image": "linear", "flows": "vector", "cellprob": "nearest", "boundary": "nearest", "labels": "nearest"}
@@ -37,11 +38,21 @@ class AugmentConfig:
     rotate : bool
         Random rotation by any angle (flows rotated with the image).
     scale_range : (float, float)
-        Random isotropic zoom factor range; (1, 1) disables scaling.
+        Random isotropic zoom factor range (log-uniform); (1, 1) disables scaling.
+    target_diameter : float or None
+        Zoom each training image so that its median object diameter becomes this many pixels
+        (Cellpose trains nuclei at 17 px), then apply `scale_range` around it.  Prediction then
+        zooms images to this size too (``diameter="auto"`` estimates their object size).  None
+        trains at native scale.
     intensity_jitter : float
         Image multiplied by ``1 + U(-j, j)`` (BBBC: 0.75); 0 disables it.
     noise_std : float
-        Gaussian noise added to the normalised image; 0 disables it.
+        Gaussian noise added to the normalised image, with a standard deviation drawn from
+        ``U(0, noise_std)`` per crop; 0 disables it.
+    gamma_range : (float, float)
+        Random gamma (log-uniform) applied to the normalised image's magnitude; (1, 1) disables it.
+    blur_sigma : float
+        Gaussian blur with a sigma drawn from ``U(0, blur_sigma)`` pixels per crop; 0 disables it.
     object_crop_tries : int
         Draw up to this many crop positions and keep the first with objects covering at least
         ``min_object_fraction`` of the crop (0: any position).
@@ -53,17 +64,26 @@ class AugmentConfig:
     rot90: bool = True
     rotate: bool = False
     scale_range: tuple = (1.0, 1.0)
+    target_diameter: float | None = None
     intensity_jitter: float = 0.0
     noise_std: float = 0.0
+    gamma_range: tuple = (1.0, 1.0)
+    blur_sigma: float = 0.0
     object_crop_tries: int = 4
     min_object_fraction: float = 0.05
 
     def __post_init__(self):
         if self.crop_size < 8:
             raise ValueError(f"`crop_size` must be at least 8, got {self.crop_size}")
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"`scale_range` must satisfy 0 < lo <= hi, got {self.scale_range}")
+        for name in ("scale_range", "gamma_range"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"`{name}` must satisfy 0 < lo <= hi, got {getattr(self, name)}")
+        if self.target_diameter is not None and not self.target_diameter > 0:
+            raise ValueError(f"`target_diameter` must be a positive number of pixels or None, got {self.target_diameter}")
+        for name in ("noise_std", "blur_sigma", "intensity_jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -89,10 +109,12 @@ def _rotation(theta):
     return np.array([[c, -s], [s, c]])
 
 
-def random_transform(rng: np.random.Generator, src_shape, config: AugmentConfig, weight=None) -> Transform:
+def random_transform(rng: np.random.Generator, src_shape, config: AugmentConfig, weight=None,
+                     zoom: float = 1.0) -> Transform:
     """Draw a crop position and geometric augmentation.
 
-    ``weight`` (an (H, W) bool array, e.g. the cell mask) lets the crop prefer object pixels.
+    ``weight`` (an (H, W) bool array, e.g. the cell mask) lets the crop prefer object pixels;
+    ``zoom`` is a base zoom factor (objects grow by it) applied before the random scale.
     """
     size = config.crop_size
     A = np.eye(2)
@@ -104,7 +126,9 @@ def random_transform(rng: np.random.Generator, src_shape, config: AugmentConfig,
         A = A @ _rotation(rng.uniform(0, 2 * np.pi))
     lo, hi = config.scale_range
     if hi > lo or lo != 1.0:
-        A = A / np.exp(rng.uniform(np.log(lo), np.log(hi)))  # zoom s: the source is sampled 1/s apart
+        zoom = zoom * np.exp(rng.uniform(np.log(lo), np.log(hi)))
+    if zoom != 1.0:
+        A = A / zoom  # zoom s: the source is sampled 1/s apart
     # half-extent of the crop's footprint in the source, so the centre keeps the crop inside if it can
     half = np.abs(A) @ np.array([(size - 1) / 2, (size - 1) / 2])
     H, W = src_shape
@@ -197,7 +221,31 @@ def apply_transform(arrays: dict, t: Transform) -> dict:
     return out
 
 
-def sample_crop(rng: np.random.Generator, arrays: dict, config: AugmentConfig) -> dict:
+def base_zoom(diameter: float, config: AugmentConfig) -> float:
+    """The zoom that brings objects of median `diameter` to ``config.target_diameter`` (1 without one)."""
+    if config.target_diameter is None or not diameter > 0:
+        return 1.0
+    return float(config.target_diameter) / float(diameter)
+
+
+def augment_appearance(rng: np.random.Generator, image: np.ndarray, config: AugmentConfig) -> np.ndarray:
+    """Blur, gamma, brightness jitter and noise of a normalised ``(H, W, C)`` crop (in that order)."""
+    img = image.astype(np.float32)
+    if config.blur_sigma:
+        sigma = rng.uniform(0, config.blur_sigma)
+        img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
+    lo, hi = config.gamma_range
+    if hi > lo or lo != 1.0:
+        # on the magnitude, keeping the sign: normalised images dip slightly below 0
+        img = np.sign(img) * np.abs(img) ** np.exp(rng.uniform(np.log(lo), np.log(hi)))
+    if config.intensity_jitter:
+        img = img * (1 + rng.uniform(-config.intensity_jitter, config.intensity_jitter))
+    if config.noise_std:
+        img = img + rng.normal(0, rng.uniform(0, config.noise_std), img.shape)
+    return img.astype(np.float32)
+
+
+def sample_crop(rng: np.random.Generator, arrays: dict, config: AugmentConfig, zoom: float = 1.0) -> dict:
     """One random augmented training crop of an image and its targets.
 
     Parameters
@@ -207,14 +255,11 @@ def sample_crop(rng: np.random.Generator, arrays: dict, config: AugmentConfig) -
         ``image`` (H, W, C) normalised float32, plus any of ``flows`` (H, W, 2), ``cellprob``,
         ``boundary``, ``labels`` (H, W).
     config : AugmentConfig
+    zoom : float
+        Base zoom of this image (see :func:`base_zoom`).
     """
     weight = arrays["cellprob"] > 0 if "cellprob" in arrays else None
-    t = random_transform(rng, arrays["image"].shape[:2], config, weight)
+    t = random_transform(rng, arrays["image"].shape[:2], config, weight, zoom)
     out = apply_transform(arrays, t)
-    img = out["image"]
-    if config.intensity_jitter:
-        img = img * (1 + rng.uniform(-config.intensity_jitter, config.intensity_jitter))
-    if config.noise_std:
-        img = img + rng.normal(0, config.noise_std, img.shape)
-    out["image"] = img.astype(np.float32)
+    out["image"] = augment_appearance(rng, out["image"], config)
     return out

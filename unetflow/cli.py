@@ -43,7 +43,9 @@ def _train(args) -> int:
 def _predict(args) -> int:
     from .io import read_image, write_image, write_labels
     from .manifest import read_manifest
-    from .predict import load_run, predict_instances
+    from .predict import check_diameter, load_run, predict_instances
+
+    diameter = check_diameter(args.diameter)  # before any work: a bad value is the user's error, not an image's
 
     images = [Path(p) for p in args.images]
     if args.manifest:
@@ -53,6 +55,8 @@ def _predict(args) -> int:
     if not images:
         raise ValueError("no images: give image files or --manifest M [--split S]")
     run = load_run(args.run_dir)
+    if args.diameter is None:
+        diameter = run.default_diameter
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(_parse_kv(kv) for kv in args.set or ())
@@ -61,13 +65,13 @@ def _predict(args) -> int:
     for path in tqdm(images, desc="segment", unit="img"):
         try:
             labels, raw = predict_instances(run, read_image(path), tile_size=args.tile_size, tta=args.tta,
-                                            diameter=args.diameter, **overrides)
+                                            diameter=diameter, **overrides)
         except (OSError, ValueError) as exc:  # one bad image must not stop the others
             failed.append(f"{path}: {exc}")
             continue
         write_labels(out / f"{path.stem}_labels.tif", labels)
         if args.save_raw:
-            for key, arr in raw.items():
+            for key, arr in ((k, v) for k, v in raw.items() if k != "diameter"):
                 write_image(out / f"{path.stem}_{key}.tif", arr.astype("float32"))
     print(f"segmented {len(images) - len(failed)} image(s) into {out.resolve()}")
     for f in failed:
@@ -87,10 +91,15 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate_run
 
     s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
-                     tta=args.tta, rescale=args.rescale, **dict(_parse_kv(kv) for kv in args.set or ()))
+                     tta=args.tta, rescale=args.rescale, diameter=args.diameter or "default",
+                     **dict(_parse_kv(kv) for kv in args.set or ()))
     print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
     print("  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
+    if "diameter_estimate" in s:
+        print(f"  diameter auto: median relative error {s['diameter_estimate']['median_relative_error']:.1%} "
+              f"against the manifest's diameters; {s['timing']['size_estimation_s_per_mpx']:.2f} s/Mpx "
+              f"(network {s['timing']['network_s_per_mpx']:.2f} s/Mpx)")
     print(f"results in {Path(s['out']).resolve()}")
     return 0
 
@@ -117,6 +126,26 @@ def _data_fetch(args) -> int:
     root = fetch_dsb2018(args.to, source=args.source, sha256=args.sha256)
     print(f"DSB 2018 stage-1 training set ready in {root}")
     print(f"use it with: export UNETFLOW_DATA={root}")
+    return 0
+
+
+def _data_group(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .io import atomic_write, read_image, read_labels
+    from .manifest import read_manifest
+    from .splits import grouped_manifest
+
+    m = read_manifest(args.manifest, args.data)
+    rows = range(len(m))
+    images = [read_image(m.image_path(i)) for i in tqdm(rows, desc="read images", unit="img")]
+    labels = [read_labels(m.label_path(i)) for i in tqdm(rows, desc="read labels", unit="img")]
+    table, neighbours = grouped_manifest(m.table, images, labels, threshold=args.threshold, seed=args.seed)
+    out = Path(args.out or args.manifest)
+    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))
+    counts = table.groupby(["split"]).size().to_dict()
+    print(f"{len(neighbours)} neighbouring-tile pairs, {table['group'].nunique()} groups; images per split: {counts}")
+    print(f"manifest with `group`, `split` by group and the old `split_by_image`: {out.resolve()}")
     return 0
 
 
@@ -154,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the label TIFFs")
     p.add_argument("--tta", action="store_true", help="test-time flips")
     p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--diameter", type=float, help="median object diameter in the images (px), to rescale")
+    p.add_argument("--diameter", help="median object diameter in the images (px), or 'auto' to estimate it per "
+                                      "image; each image is zoomed so its objects have the training size "
+                                      "(default: 'auto' for runs trained at one object size, else none)")
     p.add_argument("--save-raw", action="store_true", help="also write flows and cellprob (or class probabilities)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override, e.g. cellprob_threshold=-1")
     p.set_defaults(func=_predict)
@@ -169,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescale", action="store_true",
                    help="zoom each image so its objects (the manifest's median_object_diameter_px) match the "
                         "training median diameter; writes eval_<split>_rescaled/")
+    p.add_argument("--diameter", choices=("auto", "native"),
+                   help="auto: estimate each image's object size and zoom it to the training size (writes "
+                        "eval_<split>_auto/); native: each image at its own scale (default: the run's, auto for "
+                        "runs trained at one object size)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override")
     p.set_defaults(func=_evaluate)
 
@@ -193,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--from", dest="source", help="a local archive (.zip) or folder instead of downloading")
     f.add_argument("--sha256", help="expected checksum of the archive")
     f.set_defaults(func=_data_fetch)
+    g = dsub.add_parser("group", help="group images by experiment (neighbouring tiles, series) and split by group")
+    g.add_argument("manifest", nargs="?", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
+    g.add_argument("--data", help="data root of the manifest")
+    g.add_argument("--out", help="where to write the new manifest (default: overwrite MANIFEST)")
+    g.add_argument("--threshold", type=float, default=0.2,
+                   help="series clustering cut, in standard deviations (default: %(default)s; 0: tiles only)")
+    g.add_argument("--seed", type=int, default=0, help="first seed of the split search (default: %(default)s)")
+    g.set_defaults(func=_data_group)
     return parser
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .augment import AugmentConfig
+from .hardware import PRECISIONS
 from .postprocess import BoundaryPostprocessConfig, PostprocessConfig
 from .preprocess import InputConfig
 
@@ -106,7 +107,9 @@ class TrainConfig:
         Epochs without validation-loss improvement before stopping; None disables it.
     val_crops : int
         Fixed (seeded, unaugmented) validation crops per epoch.
-    mixed_precision : {None, "mixed_bfloat16", "mixed_float16"}
+    mixed_precision : {None, "auto", "mixed_bfloat16", "mixed_float16"}
+        ``"auto"``: bfloat16 where the CPU has it natively, float32 elsewhere
+        (:func:`unetflow.hardware.resolve_mixed_precision`); the policy used is in the run's meta.
     strategy : {"default", "mirrored", "multi_worker"}
         ``tf.distribute`` strategy; "multi_worker" reads ``TF_CONFIG``.
     seed : int
@@ -129,7 +132,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = {"optimizer": ("rmsprop", "adam", "adamw"), "schedule": ("constant", "cosine"),
                   "strategy": ("default", "mirrored", "multi_worker"),
-                  "mixed_precision": (None, "mixed_bfloat16", "mixed_float16")}
+                  "mixed_precision": PRECISIONS}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train.{name} must be one of {allowed}, got {getattr(self, name)!r}")

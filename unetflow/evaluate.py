@@ -26,8 +26,8 @@ import numpy as np
 
 from .io import atomic_write, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
-from .postprocess import boundary_to_labels, compute_masks, finish_masks, masks_before_checks
-from .predict import THRESHOLDS_FILE, Run, load_run, predict_rescaled
+from .postprocess import boundary_to_labels, finish_masks, masks_before_checks
+from .predict import THRESHOLDS_FILE, Run, check_diameter, estimate_diameter, load_run, predict_rescaled, raw_to_labels
 from .preprocess import prepare_image
 
 __all__ = ["evaluate_run", "tune_thresholds", "predict_split", "summarize", "TUNING_IOUS"]
@@ -69,35 +69,47 @@ def _diameters(run: Run, rows):
 def predict_split(run: Run, images, *, tta=False, tile_size=256, diameters=None, progress=True):
     """Raw network outputs for each image (prepared with the run's input conventions), with timings.
 
-    With `diameters` (one per image), each image is rescaled so its objects match the training
-    median diameter, and the outputs are resized back.
+    `diameters`: None (each image at its own scale), ``"auto"`` (each image's object diameter
+    estimated by :func:`unetflow.predict.estimate_diameter`), or one diameter per image; the image is
+    then rescaled so its objects match the training median diameter, and the outputs resized back.
+    The timings hold the network time and, with ``"auto"``, the estimation time and the estimates.
     """
     from tqdm.auto import tqdm
 
-    raws, t_net, npx = [], 0.0, 0
+    raws, t_net, t_size, npx, used = [], 0.0, 0.0, 0, []
     train_d = run.meta.get("train_median_diameter")
+    if diameters is not None and not train_d:
+        raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run made by an earlier unetflow)")
     for k, path in enumerate(tqdm(images, desc=f"predict ({run.task})", unit="img", disable=not progress)):
         x = prepare_image(read_image(path), run.config.input)
-        factor = train_d / diameters[k] if diameters is not None else 1.0
         t0 = time.perf_counter()
-        raws.append(predict_rescaled(run.model, x, task=run.task, factor=factor, tile_size=tile_size, tta=tta))
-        t_net += time.perf_counter() - t0
+        d = diameters[k] if isinstance(diameters, (list, tuple, np.ndarray)) else None
+        if diameters == "auto":
+            d = estimate_diameter(run.model, x, task=run.task, train_diameter=train_d,
+                                  postprocess=run.postprocess_config()) or None
+        t1 = time.perf_counter()
+        used.append(d)
+        raws.append(predict_rescaled(run.model, x, task=run.task, factor=train_d / d if d else 1.0,
+                                     tile_size=tile_size, tta=tta))
+        t_size += t1 - t0
+        t_net += time.perf_counter() - t1
         npx += x.shape[0] * x.shape[1]
-    return raws, {"network_s": t_net, "megapixels": npx / 1e6}
+    return raws, {"network_s": t_net, "size_estimation_s": t_size, "megapixels": npx / 1e6, "diameters": used}
 
 
 def _postprocess_all(run: Run, raws, config):
-    if run.task == "flow":
-        return [compute_masks(np.moveaxis(r[..., :2], -1, 0), r[..., 2], config) for r in raws]
-    return [boundary_to_labels(r, config) for r in raws]
+    return [raw_to_labels(r, run.task, config) for r in raws]
 
 
 def _objective(truth, preds):
     return float(np.mean([m.ap for m in matching_dataset(truth, preds, list(TUNING_IOUS))]))
 
 
-def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "val", tta=False, progress=True) -> dict:
+def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "val", tta=False, diameter=None,
+                    progress=True) -> dict:
     """Grid-search the post-processing thresholds on `split`; save and return them.
+
+    `diameter` (None or ``"auto"``) sizes the images as the evaluation will.
 
     Returns a dict with the chosen ``postprocess`` overrides, the objective, and the grid's scores.
     """
@@ -105,7 +117,7 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
 
     images, labels, names, _ = _split_files(run, split, manifest, data_root)
     truth = [read_labels(p) for p in labels]
-    raws, _ = predict_split(run, images, tta=tta, progress=progress)
+    raws, _ = predict_split(run, images, tta=tta, diameters=diameter, progress=progress)
     base = run.config.postprocess.flow if run.task == "flow" else run.config.postprocess.boundary
     grid = FLOW_GRID if run.task == "flow" else BOUNDARY_GRID
     scores = []
@@ -127,6 +139,7 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
     best, value = max(scores, key=lambda s: s[1])
     default_value = next((v for p, v in scores if all(getattr(base, k) == x for k, x in p.items())), None)
     result = {"postprocess": best, "objective": f"mean AP at IoU {list(TUNING_IOUS)} on split {split!r}",
+              "diameter": diameter,
               "value": value, "value_with_config_defaults": default_value, "n_images": len(images),
               "grid": [{**p, "score": v} for p, v in scores]}
     if run.path is not None:
@@ -166,8 +179,15 @@ def summarize(truth, preds, table, meta_rows=None) -> dict:
 
 
 def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None, tune: bool = True,
-                 tta: bool = False, rescale: bool = False, progress: bool = True, **postprocess) -> dict:
+                 tta: bool = False, rescale: bool = False, diameter="default", tag: str = "", progress: bool = True,
+                 **postprocess) -> dict:
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
+
+    `diameter`: ``"auto"`` estimates each image's object size and zooms it to the training size
+    (written to ``eval_<split>_auto/`` and reporting the estimates' error against the manifest's
+    ``median_object_diameter_px``), ``"native"`` uses each image at its own scale, and ``"default"``
+    is the run's own choice (:attr:`unetflow.predict.Run.default_diameter`).  Thresholds are tuned with the run's default.
+    `tag` is appended to the output folder's name (e.g. ``eval_test_auto_zoom2``).
 
     With `rescale`, each image is zoomed so its objects (the manifest's ``median_object_diameter_px``,
     known from the annotations) match the training median diameter: a diagnostic of how much object
@@ -178,19 +198,30 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir)
+    if diameter not in ("default", "native", "auto"):
+        check_diameter(diameter)  # a number: the error says what is allowed
+        raise ValueError(f"evaluate takes diameter 'auto', 'native' or 'default' for a whole split, got {diameter!r}")
+    if rescale and diameter == "auto":
+        raise ValueError("give either rescale (the manifest's diameters) or diameter='auto', not both")
+    sizing = run.default_diameter if diameter == "default" else (None if diameter == "native" else "auto")
     if tune and not (run.path / THRESHOLDS_FILE).is_file() and split != "val":
-        tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, progress=progress)
+        tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, diameter=run.default_diameter,
+                        progress=progress)
     images, labels, names, rows = _split_files(run, split, manifest, data_root)
     if not images:
         raise ValueError(f"split {split!r} is empty")
     truth = [read_labels(p) for p in labels]
-    diameters = _diameters(run, rows) if rescale else None
+    diameters = _diameters(run, rows) if rescale else sizing
     raws, timing = predict_split(run, images, tta=tta, diameters=diameters, progress=progress)
+    used = timing.pop("diameters")
     config = run.postprocess_config(**postprocess)
     t0 = time.perf_counter()
     preds = _postprocess_all(run, raws, config)
     timing["postprocess_s"] = time.perf_counter() - t0
-    out = run.path / (f"eval_{split}" + ("_tta" if tta else "") + ("_rescaled" if rescale else ""))
+    suffix = "_rescaled" if rescale else {None: "", "auto": "_auto"}[sizing]
+    if diameter == "native" and run.default_diameter == "auto":
+        suffix = "_native"
+    out = run.path / (f"eval_{split}" + ("_tta" if tta else "") + suffix + (f"_{tag}" if tag else ""))
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "raw").mkdir(exist_ok=True)
     for k, (name, pred) in enumerate(zip(names, preds)):
@@ -198,13 +229,21 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
         if k < RAW_EXAMPLES:
             atomic_write(out / "raw" / f"{name}.npz", lambda tmp, r=raws[k]: np.savez_compressed(tmp, raw=r))
     table = per_image_table(truth, preds, names)
+    table["diameter_used"] = table["image"].map(dict(zip(names, used)))
     extra = [c for c in rows.columns if c not in ("image", "label", "split", "source", "license")]
     table = table.merge(rows.assign(image=names)[["image"] + extra], on="image", how="left")
     atomic_write(out / "per_image.csv", lambda tmp: table.to_csv(tmp, index=False))
     summary = summarize(truth, preds, table, rows)
+    column = "median_object_diameter_px"
+    if sizing == "auto" and not rescale and column in rows.columns:
+        est, true = np.array([u or np.nan for u in used], float), rows[column].to_numpy(float)
+        summary["diameter_estimate"] = {"median_relative_error": float(np.nanmedian(np.abs(est / true - 1))),
+                                        "failed": int(np.isnan(est).sum())}
     summary.update(run=str(run.path), out=str(out), task=run.task, split=split, tta=tta, rescale=rescale,
+                   diameter=sizing,
                    postprocess={k: v for k, v in vars(config).items()},
                    timing={**timing, "network_s_per_mpx": timing["network_s"] / timing["megapixels"],
+                           "size_estimation_s_per_mpx": timing["size_estimation_s"] / timing["megapixels"],
                            "postprocess_s_per_mpx": timing["postprocess_s"] / timing["megapixels"]},
                    images=names)
     atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=str)))

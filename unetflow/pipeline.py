@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augment import AugmentConfig, apply_transform, random_transform, sample_crop
+from .augment import AugmentConfig, apply_transform, base_zoom, random_transform, sample_crop
 from .conventions import N_BOUNDARY_CLASSES, TASKS, flows_to_channels_last
 from .flows import diameters
 from .io import read_image
@@ -86,18 +86,19 @@ def make_target(crop: dict, task: str) -> np.ndarray:
 
 def _crops_fn(data: TrainingData, task: str, config: AugmentConfig, seed: int, augment: bool):
     no_aug = AugmentConfig(crop_size=config.crop_size, flips=False, rot90=False, object_crop_tries=config.object_crop_tries,
-                           min_object_fraction=config.min_object_fraction)
+                           min_object_fraction=config.min_object_fraction, target_diameter=config.target_diameter)
 
     def make(i):
         rng = np.random.default_rng([seed, int(i)])
         item = data.items[rng.integers(len(data))]
         keys = ("image", "flows", "cellprob") if task == "flow" else ("image", "cellprob", "boundary")
         arrays = {k: item[k] for k in keys}
+        zoom = base_zoom(item["diameter"], config)
         if augment:
-            crop = sample_crop(rng, arrays, config)
+            crop = sample_crop(rng, arrays, config, zoom)
         else:
             weight = item["cellprob"] > 0
-            crop = apply_transform(arrays, random_transform(rng, item["image"].shape[:2], no_aug, weight))
+            crop = apply_transform(arrays, random_transform(rng, item["image"].shape[:2], no_aug, weight, zoom))
         return crop["image"].astype(np.float32), make_target(crop, task)
 
     return make

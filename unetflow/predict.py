@@ -20,7 +20,8 @@ from .conventions import BOUNDARY, CELLPROB, FLOW_X, FLOW_Y, flows_to_channels_f
 from .postprocess import boundary_to_labels, compute_masks
 from .preprocess import prepare_image
 
-__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts", "THRESHOLDS_FILE"]
+__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts", "THRESHOLDS_FILE",
+           "check_diameter", "estimate_diameter", "raw_to_labels", "SIZE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ class Run:
     @property
     def task(self) -> str:
         return self.config.model.task
+
+    @property
+    def default_diameter(self):
+        """How the run sizes images unless told otherwise: ``"auto"`` when it was trained at one object
+        size (``augment.target_diameter``), else None (each image at its own scale)."""
+        return "auto" if getattr(self.config.augment, "target_diameter", None) else None
 
     def postprocess_config(self, **overrides):
         """The run's post-processing config: config, then tuned thresholds, then `overrides`."""
@@ -168,6 +175,90 @@ def predict_rescaled(model, x, *, task: str, factor: float = 1.0, **kwargs) -> n
     return raw
 
 
+def check_diameter(diameter):
+    """``None``, a positive number of pixels, or ``"auto"``; anything else is an error naming the value."""
+    if diameter is None or (isinstance(diameter, str) and diameter.strip().lower() == "auto"):
+        return None if diameter is None else "auto"
+    try:
+        value = float(diameter)
+    except (TypeError, ValueError):
+        raise ValueError(f"`diameter` must be a positive number of pixels or 'auto', got {diameter!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"`diameter` must be a positive number of pixels or 'auto', got {diameter!r}")
+    return value
+
+
+def raw_to_labels(raw, task: str, config):
+    """Labels from blended network outputs ``(H, W, 3)`` (flows + logit, or class probabilities)."""
+    if task == "flow":
+        return compute_masks(flows_to_channels_first(raw[..., :CELLPROB]), raw[..., CELLPROB], config)
+    return boundary_to_labels(raw, config)
+
+
+#: Object diameters (px) the size search tries first, a factor of 2 apart (then one more pass at
+#: the size measured at the best of them).
+SIZE_CANDIDATES = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+#: Side (px, after zooming) of the one window the size search looks at per candidate.
+SIZE_WINDOW = 256
+
+
+def _brightest_window(x, side: int):
+    """The `side` x `side` window of `x` (or all of it) with the highest mean: objects, not background."""
+    H, W = x.shape[:2]
+    sy, sx = min(side, H), min(side, W)
+    step_y, step_x = max(1, sy // 4), max(1, sx // 4)
+    sums = np.cumsum(np.cumsum(np.pad(x.mean(-1), ((1, 0), (1, 0))), 0), 1)
+    ys, xs = np.arange(0, H - sy + 1, step_y), np.arange(0, W - sx + 1, step_x)
+    total = sums[ys[:, None] + sy, xs[None] + sx] - sums[ys[:, None], xs[None] + sx] \
+        - sums[ys[:, None] + sy, xs[None]] + sums[ys[:, None], xs[None]]
+    iy, ix = np.unravel_index(np.argmax(total), total.shape)
+    return x[ys[iy]:ys[iy] + sy, xs[ix]:xs[ix] + sx]
+
+
+def _measure_at(model, x, D, *, task, train_diameter, postprocess, window):
+    """Median object diameter (px of `x`) found when `x` is zoomed as if its objects were `D` px."""
+    from skimage.transform import rescale
+
+    from .flows import diameters
+
+    factor = float(train_diameter) / D
+    crop = _brightest_window(x, max(8, int(np.ceil(window / factor))))
+    z = rescale(crop, factor, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=False)[:window, :window]
+    h, w = z.shape[:2]
+    padded = np.zeros((window, window, x.shape[-1]), np.float32)  # one input shape: no retracing
+    padded[:h, :w] = z
+    raw = predict_raw(model, padded, task=task, tile_size=window)[:h, :w]
+    labels = raw_to_labels(raw, task, postprocess)
+    return diameters(labels) / factor if labels.max() >= 2 else 0.0
+
+
+def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess, candidates=SIZE_CANDIDATES,
+                      window: int = SIZE_WINDOW):
+    """Median object diameter (px) of a prepared image ``(H, W, C)``, from the network itself.
+
+    A scale search.  For each candidate diameter ``D`` the image is zoomed by ``train_diameter / D``
+    (objects of size ``D`` would then have the size the network learnt); one window of
+    `window` x `window` zoomed pixels (the brightest, so it holds objects) goes through the network
+    and the post-processing, and the median diameter ``d`` of the objects found is measured back in
+    the image's pixels.  Zoomed too far out, objects vanish or merge; too far in, they fragment into
+    pieces smaller than the hypothesis; so the candidate whose hypothesis agrees best with its
+    measurement (smallest ``|log(d / D)|``) wins.  A last pass at ``D = d`` refines the measurement.
+    The cost is ``len(candidates) + 1`` windows, whatever the image size.
+
+    Returns
+    -------
+    diameter : float
+        0.0 when no candidate finds at least two objects.
+    """
+    kw = dict(task=task, train_diameter=train_diameter, postprocess=postprocess, window=window)
+    found = [(abs(np.log(d / D)), d) for D in candidates if (d := _measure_at(model, x, D, **kw)) > 0]
+    if not found:
+        return 0.0
+    d = min(found)[1]
+    refined = _measure_at(model, x, d, **kw)
+    return refined if refined > 0 else d
+
+
 def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 256,
                       overlap: float = 0.1, batch_size: int = 8, tta: bool = False, diameter: float | None = None,
                       train_diameter: float | None = None, **postprocess):
@@ -182,10 +273,11 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     tile_size, overlap, batch_size : tiling of the network pass.
     tta : bool
         Test-time flips.
-    diameter : float, optional
-        Median object diameter in this image (pixels).  With the training diameter known (from
-        the run, or `train_diameter`), the image is rescaled so its objects match the training
-        size before the network, and the outputs are scaled back.
+    diameter : float or "auto", optional
+        Median object diameter in this image (pixels), or ``"auto"`` to estimate it from the image
+        (:func:`estimate_diameter`).  With the training diameter known (from the run, or
+        `train_diameter`), the image is rescaled so its objects match the training size before the
+        network, and the outputs are scaled back.  None: the image is used at its own scale.
     **postprocess
         Overrides of the post-processing options (e.g. ``cellprob_threshold=-1``).
 
@@ -194,8 +286,15 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     labels : (H, W) int32 array
     raw : dict
         ``flows`` (2, H, W) and ``cellprob`` (logits) for the flow task, ``probs`` (H, W, 3) for
-        the boundary task.
+        the boundary task; ``diameter`` when it was given or estimated.
+
+    Raises
+    ------
+    ValueError
+        If `diameter` is not None, a positive number or ``"auto"``, or is given for a model whose
+        training diameter is unknown.
     """
+    diameter = check_diameter(diameter)
     run = model_or_run if isinstance(model_or_run, Run) else None
     if run is None and isinstance(model_or_run, (str, Path)):
         run = load_run(model_or_run)
@@ -218,13 +317,13 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         raise ValueError(f"`image` gives {x.shape[-1]} input channel(s) but the model expects {expected}")
     if diameter and not train_diameter:
         raise ValueError("`diameter` was given but the training median diameter is unknown: pass `train_diameter`")
+    if diameter == "auto":
+        diameter = estimate_diameter(model, x, task=task, train_diameter=train_diameter, postprocess=pp) or None
     factor = float(train_diameter) / float(diameter) if diameter else 1.0
     raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
                            batch_size=batch_size, tta=tta)
+    labels = raw_to_labels(raw, task, pp)
+    extra = {"diameter": diameter} if diameter else {}
     if task == "flow":
-        dP = flows_to_channels_first(raw[..., :CELLPROB])
-        cellprob = raw[..., CELLPROB]
-        labels = compute_masks(dP, cellprob, pp)
-        return labels, {"flows": dP, "cellprob": cellprob}
-    labels = boundary_to_labels(raw, pp)
-    return labels, {"probs": raw, "boundary_prob": raw[..., BOUNDARY]}
+        return labels, {"flows": flows_to_channels_first(raw[..., :CELLPROB]), "cellprob": raw[..., CELLPROB], **extra}
+    return labels, {"probs": raw, "boundary_prob": raw[..., BOUNDARY], **extra}

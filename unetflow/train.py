@@ -29,6 +29,7 @@ import yaml
 
 from . import __version__
 from .config import ExperimentConfig, config_to_dict, load_config
+from .hardware import resolve_mixed_precision
 from .io import atomic_write
 
 __all__ = ["run_experiment", "resolve_data", "build_model", "TrainingDivergedError", "RunData", "read_run"]
@@ -306,12 +307,17 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     train_data = load_training_data(train_imgs, train_labs, cache, config.input, train_names, progress)
     val_data = load_training_data(val_imgs, val_labs, cache, config.input, val_names, progress)
     if "train_median_diameter" not in meta:
-        meta["train_median_diameter"] = train_data.median_diameter
+        # the object size the network learnt: the common size training images were zoomed to, if any
+        meta["train_median_diameter"] = config.augment.target_diameter or train_data.median_diameter
         _write_json(run_dir / "meta.json", meta)
 
     t = config.train
-    if t.mixed_precision:
-        keras.mixed_precision.set_global_policy(t.mixed_precision)
+    policy = resolve_mixed_precision(t.mixed_precision)
+    if meta.get("mixed_precision", "") != policy:
+        meta["mixed_precision"] = policy
+        _write_json(run_dir / "meta.json", meta)
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
     try:
         initial_epoch = state["epochs_done"]
         with strategy.scope():
@@ -359,6 +365,6 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         state["status"] = "stopped_early" if state["epochs_done"] < t.epochs else "finished"
         _write_json(run_dir / "state.json", state)
     finally:
-        if t.mixed_precision:
+        if policy:
             keras.mixed_precision.set_global_policy("float32")
     return run_dir

@@ -1,0 +1,55 @@
+"""What the machine can do fast: native bfloat16 on the CPU.
+
+On a CPU with AVX512-BF16 (or AMX-BF16) a bfloat16 U-Net step is 1.4-1.7x faster than float32; on
+one with only AVX2, TensorFlow emulates bfloat16 and the same step is about 8x *slower*.  So
+bfloat16 is chosen from the CPU's flags, never assumed.  No TensorFlow import here.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+__all__ = ["cpu_flags", "native_bfloat16", "resolve_mixed_precision", "PRECISIONS"]
+
+#: Values of ``train.mixed_precision``.
+PRECISIONS = (None, "auto", "mixed_bfloat16", "mixed_float16")
+#: CPU flags (Linux /proc/cpuinfo names) that mean bfloat16 arithmetic in hardware.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """The CPU feature flags (empty where /proc/cpuinfo cannot be read, e.g. not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bfloat16(flags=None) -> bool:
+    """True when the CPU computes bfloat16 in hardware."""
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in BF16_FLAGS)
+
+
+def resolve_mixed_precision(value, flags=None):
+    """A Keras mixed-precision policy name (or None for float32) from a config value.
+
+    ``"auto"`` is ``"mixed_bfloat16"`` on a CPU with native bfloat16 and float32 (None) otherwise.
+
+    Examples
+    --------
+    >>> resolve_mixed_precision("auto", flags={"avx2", "avx512_bf16"})
+    'mixed_bfloat16'
+    >>> resolve_mixed_precision("auto", flags={"avx2"}) is None
+    True
+    """
+    if value not in PRECISIONS:
+        raise ValueError(f"mixed precision must be one of {PRECISIONS}, got {value!r}")
+    if value == "auto":
+        return "mixed_bfloat16" if native_bfloat16(flags) else None
+    return value
