@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from unetflow.augment import AugmentConfig, Transform, _sample, apply_transform, random_transform, sample_crop
+from unetflow.augment import (AugmentConfig, Transform, _sample, apply_transform, augment_appearance, base_zoom,
+                              random_transform, sample_crop)
 from unetflow.boundary import labels_to_boundary_classes
-from unetflow.flows import masks_to_flows
+from unetflow.flows import diameters, masks_to_flows
 from unetflow.postprocess import compute_masks
 from unetflow.metrics import matching
 from unetflow.synthetic import synthetic_nuclei
@@ -134,11 +135,48 @@ def test_crops_pad_small_images_and_prefer_objects():
     assert np.mean(hits) > 0.8
 
 
-def test_intensity_jitter_and_noise_are_seeded():
+@pytest.mark.parametrize("option", [{"intensity_jitter": 0.5}, {"noise_std": 0.1}, {"gamma_range": (0.5, 2.0)},
+                                    {"blur_sigma": 2.0}])
+def test_appearance_augmentations_act_on_the_image_only_and_are_seeded(option):
     img, labels = synthetic_nuclei(np.random.default_rng(3), (64, 64))
-    cfg = AugmentConfig(crop_size=32, intensity_jitter=0.5, noise_std=0.1)
+    img = img / img.max()
+    plain = AugmentConfig(crop_size=32)
+    cfg = AugmentConfig(crop_size=32, **option)
     a = sample_crop(np.random.default_rng(7), arrays_of(labels, img), cfg)
     b = sample_crop(np.random.default_rng(7), arrays_of(labels, img), cfg)
+    ref = sample_crop(np.random.default_rng(7), arrays_of(labels, img), plain)  # same crop, no appearance change
     np.testing.assert_array_equal(a["image"], b["image"])
+    for key in ("flows", "cellprob", "boundary", "labels"):
+        np.testing.assert_array_equal(a[key], ref[key])
+    # it does something: the change is well above float rounding
+    assert np.abs(a["image"] - ref["image"]).mean() > 1e-3, option
+
+
+def test_zoom_to_a_common_object_size_keeps_flows_consistent(real_labels):
+    """target_diameter zooms each image so its median object has that size; flows follow the labels."""
+    rng = np.random.default_rng(4)
+    cfg = AugmentConfig(crop_size=128, target_diameter=17, object_crop_tries=4)
+    sizes, cosines = [], []
+    for labels in real_labels:
+        zoom = base_zoom(diameters(labels), cfg)
+        assert zoom == pytest.approx(17 / diameters(labels))
+        for _ in range(3):
+            out = sample_crop(rng, arrays_of(labels), cfg, zoom)
+            if out["labels"].max() < 3:
+                continue
+            sizes.append(diameters(out["labels"]))
+            mean_cos, frac_bad = agreement(out)
+            if np.isfinite(mean_cos):
+                cosines.append(mean_cos)
+    # crops hold fewer objects than the image, so their median size scatters around the target
+    assert 13 <= np.median(sizes) <= 22, sizes
+    assert len(cosines) >= 8 and np.mean(cosines) > 0.97 and min(cosines) > 0.93, cosines
+    assert base_zoom(20.0, AugmentConfig()) == 1.0  # no target: native scale
+
+
+def test_augment_options_are_checked():
+    for bad in ({"gamma_range": (0, 1)}, {"target_diameter": -5}, {"blur_sigma": -1}, {"noise_std": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            AugmentConfig(**bad)
     with pytest.raises(ValueError, match="crop_size"):
         AugmentConfig(crop_size=2)
