@@ -44,3 +44,27 @@ def test_bad_arguments():
         build_flow_unet(depth=0)
     with pytest.raises(ValueError, match="dropout"):
         build_boundary_unet(dropout=1.5)
+
+
+def test_a_mixed_precision_model_loads_as_float32_for_inference(tmp_path):
+    """A model trained under mixed_bfloat16 would compute in bfloat16 when loaded (8x slower on an AVX2
+    CPU); load_model(policy="float32") rebuilds it in float32 with the same weights."""
+    from unetflow.models import load_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_flow_unet(depth=2, base_filters=4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.save(tmp_path / "m.keras")
+    kept = load_model(tmp_path / "m.keras")
+    assert {layer.dtype_policy.name for layer in kept.layers[1:-1]} == {"mixed_bfloat16"}
+    f32 = load_model(tmp_path / "m.keras", policy="float32")
+    assert {layer.dtype_policy.name for layer in f32.layers} == {"float32"}
+    for a, b in zip(kept.get_weights(), f32.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).normal(size=(1, 32, 32, 1)).astype("float32")
+    ref, out = kept.predict_on_batch(x), f32.predict_on_batch(x)
+    assert out.dtype == np.float32
+    # the same network: bfloat16 keeps 8 bits of mantissa, so outputs agree to about 1 %
+    assert np.abs(out - ref).max() <= 0.05 * np.abs(ref).max() + 1e-3

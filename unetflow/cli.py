@@ -54,7 +54,7 @@ def _predict(args) -> int:
         images += [m.image_path(i) for i in range(len(m))]
     if not images:
         raise ValueError("no images: give image files or --manifest M [--split S]")
-    run = load_run(args.run_dir)
+    run = load_run(args.run_dir, precision=args.precision)
     if args.diameter is None:
         diameter = run.default_diameter
     out = Path(args.out)
@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "image; each image is zoomed so its objects have the training size "
                                       "(default: 'auto' for runs trained at one object size, else none)")
     p.add_argument("--save-raw", action="store_true", help="also write flows and cellprob (or class probabilities)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="what the network computes in (auto: bfloat16 where the CPU has it natively; "
+                        "default: %(default)s)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override, e.g. cellprob_threshold=-1")
     p.set_defaults(func=_predict)
 

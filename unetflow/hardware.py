@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-__all__ = ["cpu_flags", "native_bfloat16", "resolve_mixed_precision", "PRECISIONS"]
+__all__ = ["cpu_flags", "native_bfloat16", "resolve_mixed_precision", "inference_policy", "PRECISIONS",
+           "INFERENCE_PRECISIONS"]
 
 #: Values of ``train.mixed_precision``.
 PRECISIONS = (None, "auto", "mixed_bfloat16", "mixed_float16")
@@ -53,3 +54,24 @@ def resolve_mixed_precision(value, flags=None):
     if value == "auto":
         return "mixed_bfloat16" if native_bfloat16(flags) else None
     return value
+
+
+#: Values of ``--precision`` for prediction.
+INFERENCE_PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def inference_policy(precision: str = "float32", flags=None) -> str:
+    """The Keras dtype policy a loaded network computes with (its head always stays float32).
+
+    Examples
+    --------
+    >>> inference_policy("auto", flags={"avx2"})
+    'float32'
+    >>> inference_policy("bfloat16")
+    'mixed_bfloat16'
+    """
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"`precision` must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "mixed_bfloat16" if native_bfloat16(flags) else "float32"
+    return "mixed_bfloat16" if precision == "bfloat16" else "float32"

@@ -112,8 +112,27 @@ def build_flow_unet(input_channels: int = 1, depth: int = 4, base_filters: int =
     return keras.Model(inputs, out, name=name)
 
 
-def load_model(path) -> keras.Model:
-    """Load a ``.keras`` model saved by unetflow (its losses, metrics and schedules registered)."""
+def load_model(path, policy: str | None = None) -> keras.Model:
+    """Load a ``.keras`` model saved by unetflow (its losses, metrics and schedules registered).
+
+    Parameters
+    ----------
+    path : path
+    policy : {None, "float32", "mixed_bfloat16"}
+        None keeps each layer's saved dtype policy (a model trained with mixed precision computes
+        in bfloat16, which is 8x slower on a CPU without native bfloat16; resuming training wants
+        this).  Otherwise the body is rebuilt to compute with `policy`; the head stays float32.
+    """
     from . import losses, schedules  # noqa: F401  (importing registers the custom objects)
 
-    return keras.models.load_model(path)
+    model = keras.models.load_model(path)
+    if policy is None or all(layer.dtype_policy.name == policy for layer in model.layers[:-1]):
+        return model
+    head = model.layers[-1].name
+
+    def with_policy(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32" if layer.name == head else policy})
+
+    clone = keras.models.clone_model(model, clone_function=with_policy)
+    clone.set_weights(model.get_weights())
+    return clone

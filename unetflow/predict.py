@@ -55,14 +55,18 @@ class Run:
         return base.with_overrides(**{**self.thresholds, **overrides})
 
 
-def load_run(run_dir, which: str = "best") -> Run:
+def load_run(run_dir, which: str = "best", precision: str = "float32") -> Run:
     """Load a run directory's model (``best`` or ``last``), config and tuned thresholds.
+
+    `precision` (``float32``, ``bfloat16`` or ``auto``: bfloat16 where the CPU has it natively) is
+    what the network computes in, whatever it was trained with; the head stays float32.
 
     Raises
     ------
     FileNotFoundError
         If the directory or one of its files is missing, naming it.
     """
+    from .hardware import inference_policy
     from .models import load_model
     from .train import read_run
 
@@ -75,7 +79,7 @@ def load_run(run_dir, which: str = "best") -> Run:
     if not model_path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {which}.keras (epochs done: {state.get('epochs_done', 0)}); "
                                 "was the run trained?")
-    model = load_model(model_path)
+    model = load_model(model_path, inference_policy(precision))
     thresholds = {}
     if (run_dir / THRESHOLDS_FILE).is_file():
         thresholds = json.loads((run_dir / THRESHOLDS_FILE).read_text())["postprocess"]
