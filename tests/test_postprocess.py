@@ -50,17 +50,37 @@ def test_seed_mask_recovered():
     assert compute_masks(flows, cellprob, min_size=1, flow_threshold=0).max() == 0
 
 
-@pytest.mark.parametrize("interp", [False, True])
-def test_follow_flows_matches_seed_code_on_random_fields(interp):
+def _follow_bilinear_reference(dP, niter, mask):
+    """Euler steps read by scipy's bilinear interpolation, in float64: an independent reference."""
+    from scipy.ndimage import map_coordinates
+    pts = np.argwhere(mask).T.astype(np.float64)
+    hi = np.array(dP.shape[1:])[:, None] - 1.0
+    for _ in range(niter):
+        step = np.stack([map_coordinates(dP[c].astype(np.float64), pts, order=1, mode="nearest") for c in (0, 1)])
+        pts = np.clip(pts + step, 0, hi)
+    return pts
+
+
+def test_follow_flows_matches_seed_code_on_random_fields():
     rng = np.random.default_rng(1)
     for _ in range(3):
         labels = random_labels(rng, shape=(40, 44))
         dP = masks_to_flows(labels) * (labels > 0)
-        p = follow_flows(dP, niter=50, interp=interp)
-        if not interp:
-            np.testing.assert_allclose(p, seed_reference.follow_flows(dP, niter=50), atol=1e-4)
-        else:  # bilinear steps stay in the image and differ from truncated ones
-            assert p.min() >= 0 and p[0].max() <= 39 and p[1].max() <= 43
+        np.testing.assert_allclose(follow_flows(dP, niter=50), seed_reference.follow_flows(dP, niter=50), atol=1e-4)
+
+
+def test_bilinear_following_matches_an_independent_reference():
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        labels = random_labels(rng, shape=(40, 44))
+        dP = (masks_to_flows(labels) * (labels > 0)).astype(np.float32)
+        mask = labels > 0
+        p = follow_flows(dP, niter=50, interp=True, mask=mask)
+        ref = _follow_bilinear_reference(dP, 50, mask)
+        # float32 against float64 steps: end points agree to a thousandth of a pixel
+        np.testing.assert_allclose(p[:, mask], ref, atol=1e-3)
+        # and bilinear reading is not the truncated scheme
+        assert np.abs(follow_flows(dP, niter=50, mask=mask)[:, mask] - ref).max() > 0.1
 
 
 def test_get_masks_matches_seed_code():
@@ -110,11 +130,21 @@ def test_flow_error_check_removes_inconsistent_masks():
     labels[5:20, 5:20] = 1
     labels[22:36, 22:36] = 2
     dP = 5 * masks_to_flows(labels)
-    dP[:, 22:36, 22:36] *= -1  # object 2's flows point outwards: not a plausible object
+    # object 2's pixels all flow to its corner (23, 23): they gather into one mask, but a mask's
+    # own flows point to its centre, so its flow error is large
+    yy, xx = np.mgrid[:40, :40]
+    towards = np.stack([23.0 - yy, 23.0 - xx])
+    towards /= np.sqrt((towards ** 2).sum(0)) + 1e-9
+    dP[:, labels == 2] = 5 * towards[:, labels == 2]
     errors = flow_errors(labels, dP)
     assert errors[0] < 1e-6 and errors[1] > 1
-    masks, diag = compute_masks(dP, np.where(labels > 0, 10.0, -10.0), return_diagnostics=True)
-    assert masks[12, 12] > 0 and len(diag["flow_errors"]) >= 1
+    cellprob = np.where(labels > 0, 10.0, -10.0)
+    for mode in ({}, {"follow": "cellprob", "interp": True}):
+        unchecked = compute_masks(dP, cellprob, flow_threshold=0, **mode)
+        assert (unchecked[22:36, 22:36] > 0).mean() > 0.9, mode   # without the check, a mask forms there
+        masks, diag = compute_masks(dP, cellprob, return_diagnostics=True, **mode)
+        assert (masks[22:36, 22:36] == 0).all() and masks[12, 12] > 0, mode  # the check removes it alone
+        assert len(diag["removed_by_flow_check"]) == 1 and diag["flow_errors"].max() > 0.4
 
 
 def test_min_size_and_holes():

@@ -4,7 +4,7 @@ Every geometric transform here is an affine map between the output crop and the 
 Images are resampled bilinearly; flows, cellprob, boundary classes and labels by nearest neighbour
 (no mixing of two objects' vectors or ids); and the flow *vectors* are mapped by the same linear
 part, renormalised to unit length.  A horizontal flip negates dx, a vertical one dy, and rot90
-swaps and negates components: the seed user's pipeline rotated images but not vectors, which
+swaps and negates components: a Keras port that rotates images but not vectors, which
 teaches the network flows that point the wrong way.
 
 No TensorFlow here: :mod:`unetflow.pipeline` wraps :func:`sample_crop` in tf.data.

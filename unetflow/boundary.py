@@ -33,13 +33,13 @@ def labels_to_boundary_classes(labels, width: int = 1) -> np.ndarray:
     --------
     >>> labels = np.zeros((6, 6), np.int32)
     >>> labels[1:5, 1:5] = 1
-    >>> labels_to_boundary_classes(labels)
-    array([[2, 2, 2, 2, 2, 2],
+    >>> labels_to_boundary_classes(labels)  # the corners touch the object only diagonally
+    array([[0, 2, 2, 2, 2, 0],
            [2, 2, 2, 2, 2, 2],
            [2, 2, 1, 1, 2, 2],
            [2, 2, 1, 1, 2, 2],
            [2, 2, 2, 2, 2, 2],
-           [2, 2, 2, 2, 2, 2]], dtype=uint8)
+           [0, 2, 2, 2, 2, 0]], dtype=uint8)
     """
     from skimage.segmentation import find_boundaries
 

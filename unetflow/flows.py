@@ -1,12 +1,13 @@
 """Cellpose flow targets: instance labels -> unit vectors along a heat-diffusion gradient.
 
-The algorithm is the 2020 Cellpose one printed in the seed documents (``masks_to_flows``):
+The algorithm is Cellpose's 2020 one (Stringer et al., Nature Methods 18, 100-106, 2021; ``masks_to_flows`` in
+``cellpose/dynamics.py`` of github.com/MouseLand/cellpose, 2020):
 for every object, heat is injected at the object pixel nearest the median of its pixels and
 diffused over the object's pixels with a 3x3 mean for ``2 * (ptp(x) + ptp(y))`` iterations;
-the flow is the normalised central-difference gradient of ``log(1 + T)``.  The seed's code
+the flow is the normalised central-difference gradient of ``log(1 + T)``.  Cellpose 2020's code
 indexes its flat diffusion buffer with a row stride one pixel narrower than the buffer
 (``lx`` instead of ``lx + 2``); that quirk shapes its printed numbers, so the kernel below keeps
-it exactly (the tests compare against a transcription of the seed's code).
+it exactly (the tests compare against a transcription of that code, tests/seed_reference.py).
 
 Only NumPy, SciPy and Numba are imported here: no TensorFlow.
 """
@@ -28,7 +29,7 @@ FLOWS_ALGORITHM_VERSION = "seed2020-1"
 def _object_flow(masks, label, r0, r1, c0, c1, mu):
     """Diffuse heat in one object (bounding box ``[r0:r1, c0:c1]``) and write its raw gradient.
 
-    A line-by-line equivalent of the seed's per-object loop body, including its flat-index
+    A line-by-line equivalent of Cellpose 2020's per-object loop body, including its flat-index
     arithmetic with row stride ``lx`` (see the module docstring).
     """
     ly = r1 - r0 + 1
@@ -68,7 +69,7 @@ def _object_flow(masks, label, r0, r1, c0, c1, mu):
     for _ in range(niter):
         T[centre] += 1.0
         # Jacobi update: every new value is computed from the old field, summed in the
-        # seed's order so that the result matches NumPy's vectorised expression bit for bit.
+        # reference code's order so that the result matches NumPy's vectorised expression bit for bit.
         for j in range(n):
             i = y[j] * lx + x[j]
             tnew[j] = (1.0 / 9.0) * (T[i] + T[i - lx] + T[i + lx] + T[i - 1] + T[i + 1]
@@ -138,7 +139,7 @@ def masks_to_flows(masks) -> np.ndarray:
     flows : (2, H, W) or (3, Z, Y, X) float32 array
         ``(dy, dx)`` (or ``(dz, dy, dx)``) unit vectors pointing towards each object's centre
         along the diffusion gradient; zero on the background.  In 3-D the flows are the sums of
-        the 2-D flows of the slices along each axis, as the seed computes them (not renormalised).
+        the 2-D flows of the slices along each axis, as Cellpose 2020 computes them (not renormalised).
 
     Raises
     ------
@@ -173,8 +174,8 @@ def masks_to_flows(masks) -> np.ndarray:
 def diameters(masks) -> float:
     """Median object diameter: the diameter of a disc with the median object area.
 
-    As the seed's ``diameters``: ``median(sqrt(areas)) / (sqrt(pi) / 2)``; 0 when there are no
-    objects.  Only positive ids count as objects (the seed drops the first unique value, which is
+    As Cellpose 2020's ``diameters``: ``median(sqrt(areas)) / (sqrt(pi) / 2)``; 0 when there are no
+    objects.  Only positive ids count as objects (Cellpose 2020 drops the first unique value, which is
     the same when there is background).
 
     Examples
@@ -193,7 +194,7 @@ def diameters(masks) -> float:
 
 
 def flows_to_rgb(flows, mask=None) -> np.ndarray:
-    """The colour-wheel picture of a flow field (the seed's ``dx_to_circ``).
+    """The colour-wheel picture of a flow field (Cellpose 2020's ``dx_to_circ``).
 
     Hue encodes the direction, brightness the magnitude (relative to its 99th percentile).
 
@@ -212,7 +213,7 @@ def flows_to_rgb(flows, mask=None) -> np.ndarray:
     if flows.ndim != 3 or flows.shape[0] != 2:
         raise ValueError(f"`flows` (shape {flows.shape}) must have shape (2, H, W) = (dy, dx)")
     mag = np.sqrt((flows ** 2).sum(axis=0))
-    # brightness: magnitude over its 99th percentile (the seed normalises to the 1st-99th, whose
+    # brightness: magnitude over its 99th percentile (Cellpose 2020 normalises to the 1st-99th, whose
     # 1st percentile is the zero background; dividing only keeps a uniform field visible)
     mag = np.clip(mag / max(np.percentile(mag, 99), 1e-12), 0.0, 1.0)
     angles = np.arctan2(flows[1], flows[0]) + np.pi

@@ -1,6 +1,6 @@
 """Reading and writing images and instance labels.
 
-Labels are never read through an 8-bit path (the seed warns that OpenCV truncates them):
+Labels are never read through an 8-bit path (OpenCV's default reader truncates them to 8 bits):
 TIFFs are read with tifffile, other formats with imageio, and both keep the file's integer type.
 Colour-coded annotations are turned into ids by unique colour (not by a lightness channel, which
 merges touching objects of equal lightness), then split into connected components.

@@ -5,7 +5,7 @@ Each loss is a pure ``keras.ops`` function wrapped by a serialisable ``keras.los
 * :class:`FlowLoss` is Cellpose's: ``0.5 * mean((y_pred[..., :2] - 5 * y_true[..., :2])**2)`` plus
   binary cross-entropy *with logits* of ``y_pred[..., 2]`` against ``float(y_true[..., 2] > 0.5)``.
   The thresholding happens inside the loss on the float target (a boolean tensor cannot be fed to
-  a loss, which is where the seed user got stuck), and the 5 is ``FLOW_SCALE``, the same constant
+  a loss, which is where Keras ports of Cellpose get stuck), and the 5 is ``FLOW_SCALE``, the same constant
   :func:`unetflow.postprocess.compute_masks` divides by.
 * :class:`WeightedCategoricalCrossentropy` is the BBBC U-Net's softmax cross-entropy with class
   weights (1, 1, 10) on one-hot targets.

@@ -2,7 +2,7 @@
 
 Both heads sit on one backbone (:func:`unet_backbone`), so a boundary-vs-flow comparison differs
 only in the head.  The boundary head emits class *logits* (softmax is applied at prediction); the
-flow head is linear and emits ``[dy, dx, cellprob_logit]`` (no ReLU, no sigmoid: the seed user's
+flow head is linear and emits ``[dy, dx, cellprob_logit]`` (no ReLU, no sigmoid: a Keras port's
 model predicted nothing useful because its flow head carried a ReLU).
 """
 from __future__ import annotations

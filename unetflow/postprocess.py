@@ -1,6 +1,6 @@
 """Instance recovery: flow following for the flow model, BBBC post-processing for the boundary model.
 
-Flow model (the seed's 2020 Cellpose algorithm, 000_e6f1c99ff19c11a5.txt):
+Flow model (Cellpose's 2020 algorithm: Stringer et al., Nature Methods 2021; ``cellpose/dynamics.py``, 2020):
 
 1. ``cellprob > cellprob_threshold`` selects the cell pixels (cellprob is a logit: 0.0 is p = 0.5);
 2. :func:`follow_flows` moves every pixel along ``dP * mask / FLOW_SCALE`` for ``niter`` Euler steps;
@@ -32,9 +32,9 @@ __all__ = ["follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_
 
 logger = logging.getLogger(__name__)
 
-#: A pixel moves only where ``|dy|`` of the field it is given exceeds this (the seed's criterion).
+#: A pixel moves only where ``|dy|`` of the field it is given exceeds this (Cellpose 2020's criterion).
 MOVE_THRESHOLD = 1e-3
-#: Size of the max filter that finds histogram peaks (the seed's 5).
+#: Size of the max filter that finds histogram peaks (Cellpose 2020's 5).
 PEAK_FILTER_SIZE = 5
 
 
@@ -50,9 +50,9 @@ def _steps_2d(p, dP, inds, niter, interp):
     """Euler integration of the listed pixels, in parallel chunks of ``_INTERLEAVE`` pixels.
 
     ``dP`` is channels-last ``(H, W, 2)`` here so that both components of a step share a cache
-    line.  ``interp=False`` is the seed's scheme: the step is read at the truncated position.
+    line.  ``interp=False`` is Cellpose 2020's scheme: the step is read at the truncated position.
     The arithmetic is float32, and clamping to the image by comparisons gives the same numbers as
-    the seed's ``min(shape - 1, max(0, p + step))``.
+    Cellpose 2020's ``min(shape - 1, max(0, p + step))``.
     """
     ny, nx = dP.shape[0], dP.shape[1]
     ymax = np.float32(ny - 1)
@@ -135,10 +135,10 @@ def follow_flows(dP, niter: int = 200, interp: bool = False, mask=None) -> np.nd
     niter : int
         Number of steps.
     interp : bool
-        False: the step is read at the truncated (integer) position, the seed's scheme.
+        False: the step is read at the truncated (integer) position, Cellpose 2020's scheme.
         True: it is read by bilinear interpolation, as current Cellpose does (2-D only).
     mask : array of bool, optional
-        The pixels to follow.  Default: where ``|dP[0]| > 1e-3``, the seed's criterion (which
+        The pixels to follow.  Default: where ``|dP[0]| > 1e-3``, Cellpose 2020's criterion (which
         leaves pixels whose flow is purely horizontal where they are).
 
     Returns
@@ -155,8 +155,8 @@ def follow_flows(dP, niter: int = 200, interp: bool = False, mask=None) -> np.nd
     --------
     >>> dP = np.zeros((2, 1, 6), np.float32)
     >>> dP[:, 0, :3] = [[0.01], [0.2]]
-    >>> np.round(follow_flows(dP, niter=10)[1, 0], 2)  # pixels 0-2 flow right until x = 3
-    array([3.  , 3.  , 3.  , 3.  , 4.  , 5.  ], dtype=float32)
+    >>> np.round(follow_flows(dP, niter=20)[1, 0], 2)  # pixels 0-2 flow right (0.2 a step) until x = 3
+    array([3., 3., 3., 3., 4., 5.], dtype=float32)
     """
     dP = check_flows(dP, "dP")
     if int(niter) != niter or niter < 0:
@@ -188,7 +188,7 @@ def _grow_seeds(h, seeds, expand_threshold, expand_iters):
     """Label the neighbourhood of each seed in the histogram, later seeds overwriting earlier ones.
 
     Each of ``expand_iters`` rounds replaces the set by the 3x3 (3x3x3) neighbours of its members
-    whose count exceeds ``expand_threshold`` (the seed's ``h[newpix] > 2``); the seed's list with
+    whose count exceeds ``expand_threshold`` (Cellpose 2020's ``h[newpix] > 2``); Cellpose 2020's list with
     repeats and this set give the same labels.  Works on flat indices of ``h``.
     """
     ndim = seeds.shape[1]
@@ -254,7 +254,7 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 def get_masks(p, iscell=None, *, seed_threshold: float = 10, expand_threshold: float = 2,
               expand_iters: int = 5, max_size_fraction: float = 0.4, rpad: int = 20,
               return_seeds: bool = False):
-    """Masks from the end points of flow following (the seed's ``get_masks``).
+    """Masks from the end points of flow following (Cellpose 2020's ``get_masks``).
 
     Parameters
     ----------
@@ -264,7 +264,7 @@ def get_masks(p, iscell=None, *, seed_threshold: float = 10, expand_threshold: f
         Pixels outside it are put back at their own position before the histogram.
     seed_threshold : float
         A histogram peak (5x5 local maximum) is a seed when it counts more than this many end
-        points (10 in Cellpose; the seed's 10x10 example needs 2).
+        points (10 in Cellpose; the 10x10 two-object example in tests/test_postprocess.py needs 2).
     expand_threshold : float
         Seeds grow into neighbouring bins counting more than this.
     expand_iters : int
@@ -303,7 +303,7 @@ def get_masks(p, iscell=None, *, seed_threshold: float = 10, expand_threshold: f
     flat = np.ravel_multi_index(tuple(pflows), hshape)
     h = np.bincount(flat, minlength=int(np.prod(hshape))).reshape(hshape).astype(np.int32)
     hmax = ndimage.maximum_filter(h, size=PEAK_FILTER_SIZE)
-    seeds = np.argwhere((h >= hmax) & (h > seed_threshold))  # row-major, as the seed's np.nonzero
+    seeds = np.argwhere((h >= hmax) & (h > seed_threshold))  # row-major, as Cellpose 2020's np.nonzero
     M = _grow_seeds(h, seeds.astype(np.int64), float(expand_threshold), int(expand_iters))
     M0 = M.ravel()[flat].reshape(shape0)
     counts = np.bincount(M0.ravel())
@@ -395,10 +395,10 @@ class PostprocessConfig(_Options):
     min_size : int
         Masks smaller than this (pixels) are removed.
     interp : bool
-        Bilinear interpolation of the flows while following (current Cellpose); False is the seed's
+        Bilinear interpolation of the flows while following (current Cellpose); False is Cellpose 2020's
         truncated-position scheme.
     follow : {"seed", "cellprob"}
-        Which pixels are followed: "seed", where ``|dy| > 1e-3`` (the seed's criterion, which
+        Which pixels are followed: "seed" (the default), where ``|dy| > 1e-3`` (Cellpose 2020's criterion, which
         leaves pixels with a purely horizontal flow in place); "cellprob", every pixel above the
         cellprob threshold (current Cellpose; recovers elongated objects better, see
         benchmarks/bench_roundtrip.py).
@@ -453,12 +453,15 @@ def compute_masks(dP, cellprob, config: PostprocessConfig | None = None, *, retu
 
     Examples
     --------
+    What a perfect network predicts (flows on the ``FLOW_SCALE`` scale, confident logits) gives
+    the labels back, here in the Cellpose-like mode the experiment configs use:
+
     >>> from unetflow.flows import masks_to_flows
-    >>> labels = np.zeros((10, 10), np.int32)
-    >>> labels[0:3, 2:4] = 1; labels[3:5, 6:10] = 2
+    >>> labels = np.zeros((24, 24), np.int32)
+    >>> labels[2:12, 3:11] = 1; labels[12:21, 9:22] = 2
     >>> dP = 5 * masks_to_flows(labels)
     >>> cellprob = np.where(labels > 0, 10.0, -10.0)
-    >>> masks = compute_masks(dP, cellprob, seed_threshold=2, min_size=1, flow_threshold=0)
+    >>> masks = compute_masks(dP, cellprob, follow="cellprob", interp=True)
     >>> bool((masks == labels).all())
     True
     """
