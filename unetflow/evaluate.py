@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import split_flow_outputs
 from .io import atomic_write, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
 from .postprocess import boundary_to_labels, finish_masks, masks_before_checks
@@ -125,7 +126,7 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
         # one flow-following pass per cellprob threshold; the flow check is cheap to redo
         for cpt in tqdm(grid["cellprob_threshold"], desc="tune thresholds", disable=not progress):
             cfg = base.with_overrides(cellprob_threshold=cpt, flow_threshold=max(grid["flow_threshold"]))
-            stages = [masks_before_checks(np.moveaxis(r[..., :2], -1, 0), r[..., 2], cfg) for r in raws]
+            stages = [masks_before_checks(*split_flow_outputs(r), cfg) for r in raws]
             for ft in grid["flow_threshold"]:
                 final = base.with_overrides(cellprob_threshold=cpt, flow_threshold=ft)
                 preds = [finish_masks(m, d, final) for m, d in stages]

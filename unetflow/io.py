@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .validation import relabel_sequential
+
 __all__ = ["read_image", "read_labels", "write_labels", "write_image", "binary_to_labels",
-           "colors_to_labels", "relabel_sequential", "atomic_write", "ImageReadError"]
+           "colors_to_labels", "relabel_sequential", "atomic_write", "hash_file", "ImageReadError"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +90,6 @@ def read_image(path) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ImageReadError(f"{path}: image has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
     return arr
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber ids to 1..N in order of their value (0 stays background); returns int32."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    if values[0] != 0:  # no background: ids start at 1 all the same
-        inverse = inverse + 1
-    return inverse.reshape(labels.shape).astype(np.int32)
 
 
 def colors_to_labels(rgb: np.ndarray) -> np.ndarray:
@@ -183,6 +177,17 @@ def read_labels(path, ndim: int = 2) -> np.ndarray:
         if cc_label(arr > 0, connectivity=2).max() > 1:
             return binary_to_labels(arr, source=str(path))
     return relabel_sequential(arr)
+
+
+def hash_file(path, h=None):
+    """Feed a file's bytes to a hash object (default: a new SHA-256), in 1 MiB chunks; return it."""
+    import hashlib
+
+    h = hashlib.sha256() if h is None else h
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h
 
 
 def atomic_write(path, write_fn) -> Path:

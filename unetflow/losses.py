@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from .conventions import BOUNDARY, CELLPROB, CELLPROB_TARGET_THRESHOLD, FLOW_SCALE
+from .conventions import BBBC_CLASS_WEIGHTS, BOUNDARY, CELLPROB, CELLPROB_TARGET_THRESHOLD, FLOW_SCALE
 
 __all__ = ["flow_loss", "weighted_categorical_crossentropy", "FlowLoss", "WeightedCategoricalCrossentropy",
            "FlowMSE", "CellprobIoU", "ClassRecall", "flow_metrics", "boundary_metrics"]
@@ -35,7 +35,7 @@ def flow_loss(y_true, y_pred, flow_weight: float = 1.0, prob_weight: float = 1.0
     return flow_weight * 0.5 * flow_err + prob_weight * _bce_with_logits(y_pred[..., CELLPROB], target)
 
 
-def weighted_categorical_crossentropy(y_true, y_pred, class_weights=(1.0, 1.0, 10.0), from_logits: bool = True):
+def weighted_categorical_crossentropy(y_true, y_pred, class_weights=BBBC_CLASS_WEIGHTS, from_logits: bool = True):
     """Per-pixel softmax cross-entropy of one-hot targets, weighted by the true class."""
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
@@ -90,7 +90,7 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
         ``y_pred`` are logits (the boundary U-Net's output) rather than probabilities.
     """
 
-    def __init__(self, class_weights=(1.0, 1.0, 10.0), from_logits: bool = True,
+    def __init__(self, class_weights=BBBC_CLASS_WEIGHTS, from_logits: bool = True,
                  name: str = "weighted_categorical_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.class_weights = tuple(float(w) for w in class_weights)

@@ -8,7 +8,6 @@ variable, or the manifest's own folder.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .conventions import SPLITS
+from .io import hash_file
+
 __all__ = ["Manifest", "ManifestError", "read_manifest", "resolve_data_root", "SPLITS", "DATA_ENV"]
 
 REQUIRED_COLUMNS = ("image", "label", "split")
-SPLITS = ("train", "val", "test")
 DATA_ENV = "UNETFLOW_DATA"
 
 
@@ -73,7 +74,7 @@ class Manifest:
     @property
     def sha256(self) -> str:
         """Hash of the manifest file's bytes, written into run directories for traceability."""
-        return hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
+        return hash_file(self.path).hexdigest()
 
 
 def read_manifest(path, data_root=None, *, check_files: bool = True, check_shapes: bool = False) -> Manifest:

@@ -19,7 +19,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from .validation import check_labels
+from .validation import check_labels, relabel_sequential
 
 __all__ = ["overlap_table", "matching", "average_precision", "matching_dataset", "per_image_table",
            "error_categories", "Matching", "DEFAULT_THRESHOLDS", "SIZE_BINS"]
@@ -43,25 +43,15 @@ class Overlaps:
     n_pred: int
 
 
-def _compact(labels):
-    """Relabel to 1..N (N = number of objects) so that ids with gaps do not count as objects."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    if values[0] != 0:
-        inverse = inverse + 1
-        n = values.size
-    else:
-        n = values.size - 1
-    return inverse.reshape(labels.shape), n
-
-
 def overlap_table(y_true, y_pred) -> Overlaps:
     """Sparse intersection-over-union of every overlapping (true, predicted) object pair."""
     y_true = check_labels(y_true, "y_true", ndim=(2, 3))
     y_pred = check_labels(y_pred, "y_pred", ndim=(2, 3))
     if y_true.shape != y_pred.shape:
         raise ValueError(f"`y_pred` (shape {y_pred.shape}) must have the shape of `y_true` (shape {y_true.shape})")
-    t, n_true = _compact(y_true.ravel())
-    p, n_pred = _compact(y_pred.ravel())
+    # ids with gaps must not count as objects: compact them to 1..N first
+    t, p = relabel_sequential(y_true.ravel()), relabel_sequential(y_pred.ravel())
+    n_true, n_pred = int(t.max(initial=0)), int(p.max(initial=0))
     true_areas = np.bincount(t, minlength=n_true + 1)
     pred_areas = np.bincount(p, minlength=n_pred + 1)
     both = (t > 0) & (p > 0)

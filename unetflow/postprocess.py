@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from .conventions import BACKGROUND, BOUNDARY, FLOW_SCALE, INTERIOR
 from .flows import masks_to_flows
-from .validation import check_flows, check_labels
+from .validation import check_flows, check_labels, relabel_sequential
 
 __all__ = ["follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_bad_flow_masks",
            "fill_holes_and_remove_small_masks", "boundary_to_labels", "PostprocessConfig",
@@ -241,16 +241,6 @@ def _grow_seeds(h, seeds, expand_threshold, expand_iters):
     return M.reshape(h.shape)
 
 
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Renumber positive ids to 1..N in order of value, keeping 0 as background."""
-    labels = np.asarray(labels)
-    present = np.bincount(labels.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present).astype(np.int32)
-    lut[~present] = 0
-    return lut[labels]
-
-
 def get_masks(p, iscell=None, *, seed_threshold: float = 10, expand_threshold: float = 2,
               expand_iters: int = 5, max_size_fraction: float = 0.4, rpad: int = 20,
               return_seeds: bool = False):
@@ -311,7 +301,7 @@ def get_masks(p, iscell=None, *, seed_threshold: float = 10, expand_threshold: f
     big = big[big > 0]
     if big.size:
         M0[np.isin(M0, big)] = 0
-    masks = _relabel(M0)
+    masks = relabel_sequential(M0)
     if return_seeds:
         return masks, seeds - rpad
     return masks

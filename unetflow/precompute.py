@@ -12,7 +12,6 @@ and the algorithm versions, so:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -26,7 +25,7 @@ import numpy as np
 from .boundary import labels_to_boundary_classes
 from .conventions import CELLPROB_TARGET_THRESHOLD
 from .flows import FLOWS_ALGORITHM_VERSION, masks_to_flows
-from .io import atomic_write, read_labels
+from .io import atomic_write, hash_file, read_labels
 
 __all__ = ["TargetParams", "TargetCache", "precompute", "PrecomputeSummary", "compute_targets"]
 
@@ -75,10 +74,7 @@ class TargetCache:
 
     def key(self, label_path) -> str:
         """The entry key of a label file: hash of its bytes and of the target parameters."""
-        h = hashlib.sha256()
-        with open(label_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        h = hash_file(label_path)
         h.update(json.dumps(self.params.key_material(), sort_keys=True).encode())
         return h.hexdigest()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .conventions import BOUNDARY, CELLPROB, FLOW_X, FLOW_Y, flows_to_channels_first
+from .conventions import BOUNDARY, FLOW_X, FLOW_Y, split_flow_outputs
 from .postprocess import boundary_to_labels, compute_masks
 from .preprocess import prepare_image
 
@@ -195,7 +195,7 @@ def check_diameter(diameter):
 def raw_to_labels(raw, task: str, config):
     """Labels from blended network outputs ``(H, W, 3)`` (flows + logit, or class probabilities)."""
     if task == "flow":
-        return compute_masks(flows_to_channels_first(raw[..., :CELLPROB]), raw[..., CELLPROB], config)
+        return compute_masks(*split_flow_outputs(raw), config)
     return boundary_to_labels(raw, config)
 
 
@@ -329,5 +329,6 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     labels = raw_to_labels(raw, task, pp)
     extra = {"diameter": diameter} if diameter else {}
     if task == "flow":
-        return labels, {"flows": flows_to_channels_first(raw[..., :CELLPROB]), "cellprob": raw[..., CELLPROB], **extra}
+        dP, cellprob = split_flow_outputs(raw)
+        return labels, {"flows": dP, "cellprob": cellprob, **extra}
     return labels, {"probs": raw, "boundary_prob": raw[..., BOUNDARY], **extra}

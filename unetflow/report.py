@@ -61,6 +61,7 @@ def _plots(runs, out: Path, split: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .conventions import split_flow_outputs
     from .flows import flows_to_rgb, masks_to_flows
 
     files = []
@@ -131,7 +132,8 @@ def _plots(runs, out: Path, split: str):
         axes[0].set_title("flows of the true labels", fontsize=9)
         for ax, d in zip(axes[1:], flow_runs):
             raw = np.load(d / f"eval_{split}" / "raw" / f"{name}.npz")["raw"]
-            ax.imshow(flows_to_rgb(np.moveaxis(raw[..., :2], -1, 0), mask=raw[..., 2] > 0))
+            dP, cellprob = split_flow_outputs(raw)
+            ax.imshow(flows_to_rgb(dP, mask=cellprob > 0))
             ax.set_title(f"predicted flows: {d.name}", fontsize=9)
         for ax in axes:
             ax.axis("off")

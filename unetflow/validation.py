@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_labels", "check_flows", "check_image"]
+__all__ = ["check_labels", "check_flows", "check_image", "relabel_sequential"]
 
 
 def check_labels(labels, name: str = "labels", ndim=(2,)) -> np.ndarray:
@@ -93,3 +93,28 @@ def check_image(image, name: str = "image") -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
     return arr
+
+
+def relabel_sequential(labels) -> np.ndarray:
+    """Renumber ids to 1..N in order of their value (0 stays background); returns int32.
+
+    Without background (no 0 in `labels`), ids start at 1 all the same.
+
+    Examples
+    --------
+    >>> relabel_sequential(np.array([[0, 7, 7], [3, 0, 9]]))
+    array([[0, 2, 2],
+           [1, 0, 3]], dtype=int32)
+    """
+    labels = np.asarray(labels)
+    if labels.size and labels.min() >= 0 and labels.max() <= 4 * labels.size + 1024:
+        # a lookup table is much faster than sorting, when ids are not huge
+        present = np.bincount(labels.ravel()) > 0
+        present[0] = False
+        lut = np.cumsum(present).astype(np.int32)
+        lut[~present] = 0
+        return lut[labels]
+    values, inverse = np.unique(labels, return_inverse=True)
+    if values.size and values[0] != 0:
+        inverse = inverse + 1
+    return inverse.reshape(labels.shape).astype(np.int32)
