@@ -5,9 +5,11 @@ gets a silent wrong result from an array of the wrong shape or type.
 """
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import numpy as np
 
-__all__ = ["check_labels", "check_flows", "check_image", "relabel_sequential"]
+__all__ = ["check_labels", "check_flows", "check_image", "relabel_sequential", "OptionsMixin"]
 
 
 def check_labels(labels, name: str = "labels", ndim=(2,)) -> np.ndarray:
@@ -118,3 +120,15 @@ def relabel_sequential(labels) -> np.ndarray:
     if values.size and values[0] != 0:
         inverse = inverse + 1
     return inverse.reshape(labels.shape).astype(np.int32)
+
+
+class OptionsMixin:
+    """Mixin of the option dataclasses (post-processing): copies with checked overrides."""
+
+    def with_overrides(self, **overrides):
+        """A copy with some fields replaced; an unknown name is a TypeError listing the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown post-processing option(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **overrides)
