@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 
@@ -108,6 +109,21 @@ def test_evaluate_rescaled(quick, tmp_path):
     with pytest.raises(ValueError, match="median_object_diameter_px"):
         evaluate_run(out / "flow", "test", manifest=tmp_path / "manifest.csv", data_root=run.meta["data_root"],
                      rescale=True, progress=False)
+
+
+def test_evaluate_with_auto_diameter(quick):
+    """--diameter auto on a run trained at native scale: its own folder, with the estimates' error."""
+    from unetflow.cli import main
+    out, _ = quick
+    assert main(["evaluate", str(out / "flow"), "--split", "test", "--diameter", "auto"]) == 0
+    s = json.loads((out / "flow" / "eval_test_auto" / "summary.json").read_text())
+    assert s["diameter"] == "auto" and 0 <= s["diameter_estimate"]["median_relative_error"]
+    assert s["timing"]["size_estimation_s"] > 0
+    table = pd.read_csv(out / "flow" / "eval_test_auto" / "per_image.csv")
+    assert "diameter_used" in table.columns
+    with pytest.raises(ValueError, match="not both"):
+        from unetflow.evaluate import evaluate_run
+        evaluate_run(out / "flow", "test", rescale=True, diameter="auto", progress=False)
 
 
 def test_summary_errors_from_table_match_direct_count():

@@ -206,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="zoom each image so its objects (the manifest's median_object_diameter_px) match the "
                         "training median diameter; writes eval_<split>_rescaled/")
     p.add_argument("--diameter", choices=("auto", "native"),
-                   help="auto: estimate each image's object size and zoom it to the training size (writes "
-                        "eval_<split>_auto/); native: each image at its own scale (default: the run's, auto for "
-                        "runs trained at one object size)")
+                   help="auto: estimate each image's object size and zoom it to the training size; native: each "
+                        "image at its own scale (default: the run's own, auto for runs trained at one object "
+                        "size, written to eval_<split>/; the other one to eval_<split>_auto/ or _native/)")
     p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",
                    help="post-processing override, e.g. flow_threshold=0.6 (repeatable)")
     p.set_defaults(func=_evaluate)

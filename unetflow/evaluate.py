@@ -185,9 +185,11 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
 
     `diameter`: ``"auto"`` estimates each image's object size and zooms it to the training size
-    (written to ``eval_<split>_auto/`` and reporting the estimates' error against the manifest's
-    ``median_object_diameter_px``), ``"native"`` uses each image at its own scale, and ``"default"``
-    is the run's own choice (:attr:`unetflow.predict.Run.default_diameter`).  Thresholds are tuned with the run's default.
+    (reporting the estimates' error against the manifest's ``median_object_diameter_px``),
+    ``"native"`` uses each image at its own scale, and ``"default"`` is the run's own choice
+    (:attr:`unetflow.predict.Run.default_diameter`).  The run's own choice writes ``eval_<split>/``;
+    the other one ``eval_<split>_auto/`` or ``eval_<split>_native/``.  Thresholds are tuned with the
+    run's own choice.
     `tag` is appended to the output folder's name (e.g. ``eval_test_auto_zoom2``).
 
     With `rescale`, each image is zoomed so its objects (the manifest's ``median_object_diameter_px``,
@@ -219,9 +221,8 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     t0 = time.perf_counter()
     preds = _postprocess_all(run, raws, config)
     timing["postprocess_s"] = time.perf_counter() - t0
-    suffix = "_rescaled" if rescale else {None: "", "auto": "_auto"}[sizing]
-    if diameter == "native" and run.default_diameter == "auto":
-        suffix = "_native"
+    # the run's own sizing writes eval_<split>/ (what compare and the notebooks read); others a suffix
+    suffix = "_rescaled" if rescale else "" if sizing == run.default_diameter else {None: "_native", "auto": "_auto"}[sizing]
     out = run.path / (f"eval_{split}" + ("_tta" if tta else "") + suffix + (f"_{tag}" if tag else ""))
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "raw").mkdir(exist_ok=True)

@@ -199,11 +199,12 @@ def raw_to_labels(raw, task: str, config):
     return boundary_to_labels(raw, config)
 
 
-#: Object diameters (px) the size search tries first, a factor of 2 apart (then one more pass at
-#: the size measured at the best of them).
-SIZE_CANDIDATES = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+#: Object diameters (px) the size search tries: 4 to 181 px, a factor of sqrt(2) apart.
+SIZE_CANDIDATES = tuple(float(4 * 2 ** (k / 2)) for k in range(12))
 #: Side (px, after zooming) of the one window the size search looks at per candidate.
 SIZE_WINDOW = 256
+#: Measurements within this factor of each other agree (the network's own scale tolerance).
+SIZE_AGREEMENT = 1.25
 
 
 def _brightest_window(x, side: int):
@@ -243,11 +244,13 @@ def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess
     A scale search.  For each candidate diameter ``D`` the image is zoomed by ``train_diameter / D``
     (objects of size ``D`` would then have the size the network learnt); one window of
     `window` x `window` zoomed pixels (the brightest, so it holds objects) goes through the network
-    and the post-processing, and the median diameter ``d`` of the objects found is measured back in
-    the image's pixels.  Zoomed too far out, objects vanish or merge; too far in, they fragment into
-    pieces smaller than the hypothesis; so the candidate whose hypothesis agrees best with its
-    measurement (smallest ``|log(d / D)|``) wins.  A last pass at ``D = d`` refines the measurement.
-    The cost is ``len(candidates) + 1`` windows, whatever the image size.
+    and the post-processing, and the median diameter ``d(D)`` of the objects found is measured back
+    in the image's pixels.  Around the true size, ``d(D)`` stays flat: the network, trained with
+    scale augmentation, finds the same objects whatever the zoom.  Zoomed too far in, objects
+    fragment into pieces that follow ``D``; too far out, they vanish or merge.  So the estimate is
+    the value most candidates agree on: the measurement with the most others within
+    ``SIZE_AGREEMENT`` of it (ties: the most self-consistent, ``d`` nearest ``D``), and the
+    median of those that agree.  The cost is one window per candidate, whatever the image size.
 
     Returns
     -------
@@ -255,12 +258,14 @@ def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess
         0.0 when no candidate finds at least two objects.
     """
     kw = dict(task=task, train_diameter=train_diameter, postprocess=postprocess, window=window)
-    found = [(abs(np.log(d / D)), d) for D in candidates if (d := _measure_at(model, x, D, **kw)) > 0]
+    found = [(D, d) for D in candidates if (d := _measure_at(model, x, D, **kw)) > 0]
     if not found:
         return 0.0
-    d = min(found)[1]
-    refined = _measure_at(model, x, d, **kw)
-    return refined if refined > 0 else d
+    logd = np.log([d for _, d in found])
+    agree = np.abs(logd[:, None] - logd[None, :]) < np.log(SIZE_AGREEMENT)
+    consistency = np.abs(logd - np.log([D for D, _ in found]))
+    best = min(range(len(found)), key=lambda k: (-agree[k].sum(), consistency[k]))
+    return float(np.exp(np.median(logd[agree[best]])))
 
 
 def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 256,
