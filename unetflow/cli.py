@@ -56,8 +56,6 @@ def _predict(args) -> int:
     if not images:
         raise ValueError("no images: give image files or --manifest M [--split S]")
     run = load_run(args.run_dir, precision=args.precision)
-    if args.diameter is None:
-        diameter = run.default_diameter
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())

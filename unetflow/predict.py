@@ -286,7 +286,9 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         Median object diameter in this image (pixels), or ``"auto"`` to estimate it from the image
         (:func:`estimate_diameter`).  With the training diameter known (from the run, or
         `train_diameter`), the image is rescaled so its objects match the training size before the
-        network, and the outputs are scaled back.  None: the image is used at its own scale.
+        network, and the outputs are scaled back.  None: the run's own choice
+        (:attr:`Run.default_diameter`: ``"auto"`` for runs trained at one object size, which is
+        measured to be much better for them, see docs/results.md), else the image's own scale.
     **postprocess
         Overrides of the post-processing options (e.g. ``cellprob_threshold=-1``).
 
@@ -309,6 +311,8 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         run = load_run(model_or_run)
     if run is not None:
         model, task, input_config = run.model, run.task, run.config.input
+        if diameter is None:  # a run trained at one object size needs its images at that size
+            diameter = run.default_diameter
         train_diameter = train_diameter or run.meta.get("train_median_diameter")
         pp = run.postprocess_config(**postprocess)
     else:
