@@ -1,4 +1,5 @@
 """Training runs end to end on the synthetic set (tiny models, small crops)."""
+import dataclasses
 import json
 import signal
 import subprocess
@@ -92,7 +93,7 @@ def test_auto_diameter_through_api_and_cli(tiny_flow, tmp_path, capsys):
     from unetflow.cli import main
     from unetflow.io import read_image, read_labels, write_image
     from unetflow.metrics import matching
-    from unetflow.predict import predict_instances
+    from unetflow.predict import load_run, predict_instances
 
     cfg, run_dir = tiny_flow
     img, lab = _test_split(cfg)[0]
@@ -101,6 +102,11 @@ def test_auto_diameter_through_api_and_cli(tiny_flow, tmp_path, capsys):
     labels, raw = predict_instances(run_dir, big, diameter="auto")
     assert labels.shape == truth.shape and raw["diameter"] > 0
     assert matching(truth, labels, 0.5).recall > 0.6
+    # no diameter: the run's own choice; native for this run, auto for a run trained at one object size
+    run = load_run(run_dir)
+    assert run.default_diameter is None and "diameter" not in predict_instances(run, big)[1]
+    run.config = dataclasses.replace(run.config, augment=dataclasses.replace(run.config.augment, target_diameter=16))
+    assert run.default_diameter == "auto" and predict_instances(run, big)[1]["diameter"] > 0
     write_image(tmp_path / "big.tif", big.astype(np.uint16))
     assert main(["predict", str(run_dir), str(tmp_path / "big.tif"), "--out", str(tmp_path / "out"),
                  "--diameter", "auto"]) == 0
