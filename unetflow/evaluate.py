@@ -85,7 +85,7 @@ def predict_split(run: Run, images, *, tta=False, tile_size=256, diameters=None,
         x = prepare_image(read_image(path), run.config.input)
         t0 = time.perf_counter()
         d = diameters[k] if isinstance(diameters, (list, tuple, np.ndarray)) else None
-        if diameters == "auto":
+        if isinstance(diameters, str) and diameters == "auto":
             d = estimate_diameter(run.model, x, task=run.task, train_diameter=train_d,
                                   postprocess=run.postprocess_config()) or None
         t1 = time.perf_counter()
