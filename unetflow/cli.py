@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .conventions import SPLITS
+from .hardware import INFERENCE_PRECISIONS
 
 
 def _precompute(args) -> int:
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "image; each image is zoomed so its objects have the training size "
                                       "(default: 'auto' for runs trained at one object size, else none)")
     p.add_argument("--save-raw", action="store_true", help="also write flows and cellprob (or class probabilities)")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                    help="what the network computes in (auto: bfloat16 where the CPU has it natively; "
                         "default: %(default)s)")
     p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",

@@ -28,7 +28,7 @@ from .conventions import split_flow_outputs
 from .io import atomic_write, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
 from .postprocess import boundary_to_labels, finish_masks, masks_before_checks
-from .predict import THRESHOLDS_FILE, Run, check_diameter, estimate_diameter, load_run, predict_rescaled, raw_to_labels
+from .predict import THRESHOLDS_FILE, Run, check_diameter, load_run, predict_rescaled, raw_to_labels, resolve_size
 from .preprocess import prepare_image
 
 __all__ = ["evaluate_run", "tune_thresholds", "predict_split", "summarize", "TUNING_IOUS"]
@@ -84,14 +84,12 @@ def predict_split(run: Run, images, *, tta=False, tile_size=256, diameters=None,
     for k, path in enumerate(tqdm(images, desc=f"predict ({run.task})", unit="img", disable=not progress)):
         x = prepare_image(read_image(path), run.config.input)
         t0 = time.perf_counter()
-        d = diameters[k] if isinstance(diameters, (list, tuple, np.ndarray)) else None
-        if isinstance(diameters, str) and diameters == "auto":
-            d = estimate_diameter(run.model, x, task=run.task, train_diameter=train_d,
-                                  postprocess=run.postprocess_config()) or None
+        wanted = diameters if diameters is None or isinstance(diameters, str) else diameters[k]
+        d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=train_d,
+                                 postprocess=run.postprocess_config())
         t1 = time.perf_counter()
         used.append(d)
-        raws.append(predict_rescaled(run.model, x, task=run.task, factor=train_d / d if d else 1.0,
-                                     tile_size=tile_size, tta=tta))
+        raws.append(predict_rescaled(run.model, x, task=run.task, factor=factor, tile_size=tile_size, tta=tta))
         t_size += t1 - t0
         t_net += time.perf_counter() - t1
         npx += x.shape[0] * x.shape[1]

@@ -21,7 +21,7 @@ from .postprocess import boundary_to_labels, compute_masks
 from .preprocess import prepare_image
 
 __all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts", "THRESHOLDS_FILE",
-           "check_diameter", "estimate_diameter", "raw_to_labels", "SIZE_CANDIDATES"]
+           "check_diameter", "estimate_diameter", "resolve_size", "raw_to_labels", "SIZE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Run:
     def default_diameter(self):
         """How the run sizes images unless told otherwise: ``"auto"`` when it was trained at one object
         size (``augment.target_diameter``), else None (each image at its own scale)."""
-        return "auto" if getattr(self.config.augment, "target_diameter", None) else None
+        return "auto" if self.config.augment.target_diameter else None
 
     def postprocess_config(self, **overrides):
         """The run's post-processing config: config, then tuned thresholds, then `overrides`."""
@@ -268,6 +268,18 @@ def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess
     return float(np.exp(np.median(logd[agree[best]])))
 
 
+def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):
+    """The object diameter to size a prepared image by, and the zoom factor it implies.
+
+    `diameter` is None (no zoom), a number, or ``"auto"`` (:func:`estimate_diameter`; no zoom when
+    it finds nothing).  Returns ``(diameter or None, train_diameter / diameter or 1.0)``.
+    """
+    if diameter == "auto":
+        diameter = estimate_diameter(model, x, task=task, train_diameter=train_diameter, postprocess=postprocess)
+    diameter = diameter or None
+    return diameter, float(train_diameter) / float(diameter) if diameter else 1.0
+
+
 def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 256,
                       overlap: float = 0.1, batch_size: int = 8, tta: bool = False, diameter: float | None = None,
                       train_diameter: float | None = None, **postprocess):
@@ -330,9 +342,7 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         raise ValueError(f"`image` gives {x.shape[-1]} input channel(s) but the model expects {expected}")
     if diameter and not train_diameter:
         raise ValueError("`diameter` was given but the training median diameter is unknown: pass `train_diameter`")
-    if diameter == "auto":
-        diameter = estimate_diameter(model, x, task=task, train_diameter=train_diameter, postprocess=pp) or None
-    factor = float(train_diameter) / float(diameter) if diameter else 1.0
+    diameter, factor = resolve_size(model, x, diameter, task=task, train_diameter=train_diameter, postprocess=pp)
     raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
                            batch_size=batch_size, tta=tta)
     labels = raw_to_labels(raw, task, pp)
