@@ -58,6 +58,11 @@ def test_input_conventions():
         prepare_image(np.zeros((8, 8, 3)), InputConfig(channels=2, grey=False))
     with pytest.raises(ValueError, match="grey"):
         InputConfig(channels=2, grey=True)
+    # a colour model gets a grey image in every channel, each normalised as the grey model's one
+    rgb = prepare_image(img, InputConfig(channels=3, grey=False))
+    assert rgb.shape == img.shape + (3,)
+    for c in range(3):
+        np.testing.assert_allclose(rgb[..., c], a[..., 0], atol=1e-6)
 
 
 def test_mismatched_image_and_label_named(tmp_path, two_channel_data):

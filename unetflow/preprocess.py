@@ -26,7 +26,9 @@ class InputConfig:
     channels : int
         Channels the network sees.  With ``grey`` this must be 1.
     grey : bool
-        Average all image channels into one (for sets that mix RGB and grey images).
+        Average all image channels into one (for sets that mix RGB and grey images).  Without it, a
+        one-channel image given to a multi-channel network is repeated into every channel, so a
+        colour model still segments grey images.
     invert_bright_background : bool
         Invert (per channel) images whose median is above the midpoint of their 1st-99th
         percentiles: brightfield and stained images, whose background is bright.
@@ -67,11 +69,14 @@ def prepare_image(image, config: InputConfig = InputConfig()) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the image's channel count does not match ``config.channels`` (without ``grey``).
+        If the image has several channels and their count does not match ``config.channels``
+        (without ``grey``).
     """
     image = check_image(image)
     if config.grey:
         image = image.mean(axis=-1, keepdims=True)
+    elif image.shape[-1] == 1:
+        image = np.repeat(image, config.channels, axis=-1)
     elif image.shape[-1] != config.channels:
         raise ValueError(f"`image` has {image.shape[-1]} channel(s) but the model expects {config.channels}")
     if config.invert_bright_background:
