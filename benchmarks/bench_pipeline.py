@@ -29,7 +29,9 @@ def main():
     from unetflow.config import load_config
     from unetflow.pipeline import load_training_data, make_dataset
     from unetflow.precompute import TargetCache, cache_env_default
-    from unetflow.train import _loss_and_metrics, _optimizer, build_model, resolve_data
+    from unetflow.hardware import resolve_mixed_precision
+    from unetflow.tasks import get_task
+    from unetflow.train import _optimizer, build_model, resolve_data
 
     cfg = load_config(args.config, args.set)
     t = cfg.train
@@ -44,11 +46,12 @@ def main():
     pipe = args.batches / (time.perf_counter() - t0)
 
     rows = []
-    for policy in [None, t.mixed_precision] if t.mixed_precision else [None]:
+    precision = resolve_mixed_precision(t.mixed_precision)
+    for policy in [None, precision] if precision else [None]:
         keras.mixed_precision.set_global_policy(policy or "float32")
         model = build_model(cfg)
-        loss, metrics = _loss_and_metrics(cfg)
-        model.compile(optimizer=_optimizer(t, 1000), loss=loss, metrics=metrics)
+        task = get_task(cfg.model.task)
+        model.compile(optimizer=_optimizer(t, 1000), loss=task.loss(cfg.loss), metrics=task.metrics())
         x, y = batches[0]
         model.train_on_batch(x, y)  # build and trace
         t0 = time.perf_counter()

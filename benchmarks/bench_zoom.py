@@ -15,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from common import print_table
 
@@ -56,12 +55,12 @@ def main():
     args = ap.parse_args()
 
     from unetflow.evaluate import evaluate_run, tune_thresholds
-    from unetflow.predict import THRESHOLDS_FILE, load_run
+    from unetflow.predict import load_run
 
     rows = []
     for run_dir in args.runs:
         run = load_run(run_dir)
-        if not (run.path / THRESHOLDS_FILE).is_file():  # tuned on the run's own val split, as evaluate does
+        if not (run.dir / run.dir.THRESHOLDS).is_file():  # tuned on the run's own val split, as evaluate does
             tune_thresholds(run, diameter=run.default_diameter)
         for zoom in args.zooms:
             manifest = zoomed_copy(run, args.split, zoom, Path(args.work))

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from unetflow.config import ConfigError, load_config
+from unetflow.tasks import TASKS
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -10,13 +11,13 @@ EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 @pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.glob("*.yaml")))
 def test_shipped_experiments_load(name):
     cfg = load_config(EXPERIMENTS / name)
-    assert cfg.model.task in ("flow", "boundary")
+    assert cfg.model.task in TASKS and cfg.name == name[:-len(".yaml")]
 
 
 def test_pairs_differ_only_in_task():
     import dataclasses
-    for a, b in [("boundary_unet", "flow_unet"), ("tiny_boundary", "tiny_flow"),
-                 ("dsb2018_boundary", "dsb2018_flow")]:
+    for a, b in [("boundary_unet", "flow_unet"), ("tiny_boundary", "tiny_flow"), ("tiny_distance", "tiny_flow"),
+                 ("dsb2018_boundary", "dsb2018_flow"), ("dsb2018_distance", "dsb2018_flow")]:
         ca, cb = load_config(EXPERIMENTS / f"{a}.yaml"), load_config(EXPERIMENTS / f"{b}.yaml")
         for section in ("data", "input", "augment", "train", "loss"):
             assert getattr(ca, section) == getattr(cb, section), (a, section)

@@ -1,4 +1,4 @@
-"""unetflow: Keras U-Nets for cell and nucleus instance segmentation with boundary or flow labels.
+"""unetflow: Keras U-Nets for cell and nucleus instance segmentation with boundary, flow or distance labels.
 
 The core names are attached lazily (as scikit-image does with ``lazy_loader``): ``import unetflow``
 is cheap, and touching an array function (``unetflow.masks_to_flows``, ``unetflow.compute_masks``,
@@ -22,8 +22,11 @@ _SUBMOD_ATTRS = {
     "metrics": ["matching", "matching_dataset", "average_precision"],
     "io": ["read_image", "read_labels", "write_labels"],
     "manifest": ["read_manifest"],
-    "models": ["build_boundary_unet", "build_flow_unet", "load_model"],
-    "losses": ["FlowLoss", "WeightedCategoricalCrossentropy"],
+    "tasks": ["TASKS", "get_task", "Task"],
+    "tasks.distance": ["labels_to_distance", "distance_to_labels", "DistancePostprocessConfig"],
+    "rundir": ["RunDir"],
+    "models": ["build_unet", "build_boundary_unet", "build_flow_unet", "load_model"],
+    "losses": ["FlowLoss", "DistanceLoss", "WeightedCategoricalCrossentropy"],
     "predict": ["predict_instances", "load_run"],
     "train": ["run_experiment"],
     "evaluate": ["evaluate_run"],

@@ -1,8 +1,8 @@
 """Training crops and augmentation in NumPy, with flow vectors transformed with the image.
 
 Every geometric transform here is an affine map between the output crop and the source image.
-Images are resampled bilinearly; flows, cellprob, boundary classes and labels by nearest neighbour
-(no mixing of two objects' vectors or ids); and the flow *vectors* are mapped by the same linear
+Images (and smooth scalar targets) are resampled bilinearly; flows, cellprob, boundary classes and
+labels by nearest neighbour (no mixing of two objects' vectors or ids); and the flow *vectors* are mapped by the same linear
 part, renormalised to unit length.  A horizontal flip negates dx, a vertical one dy, and rot90
 swaps and negates components: a Keras port that rotates images but not vectors, which
 teaches the network flows that point the wrong way.
@@ -18,9 +18,6 @@ from scipy import ndimage
 
 __all__ = ["AugmentConfig", "sample_crop", "apply_transform", "random_transform", "Transform", "base_zoom",
            "augment_appearance"]
-
-#: How each kind of array is resampled.
-KINDS = {"image": "linear", "flows": "vector", "cellprob": "nearest", "boundary": "nearest", "labels": "nearest"}
 
 
 @dataclass(frozen=True)
@@ -204,14 +201,19 @@ def _transform_vectors(flows, A):
 
 
 def apply_transform(arrays: dict, t: Transform) -> dict:
-    """Resample a dict of arrays (keys of :data:`KINDS`) through one transform.
+    """Resample a dict of arrays through one transform, each as its kind says
+    (:func:`unetflow.tasks.array_kinds`: the image, labels and every task's targets).
 
     ``flows`` must be channels-last ``(H, W, 2)`` unit vectors; they are resampled by nearest
     neighbour and their vectors mapped (a flip negates a component, rot90 swaps them).
     """
-    out = {}
+    from .tasks import array_kinds
+
+    kinds, out = array_kinds(), {}
     for key, arr in arrays.items():
-        kind = KINDS[key]
+        if key not in kinds:
+            raise ValueError(f"no resampling kind for array {key!r}; known: {sorted(kinds)}")
+        kind = kinds[key]
         if kind == "linear":
             out[key] = _sample(arr, t, order=1, cval=0.0).astype(np.float32)
         elif kind == "vector":

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .conventions import SPLITS
 from .hardware import INFERENCE_PRECISIONS
+from .tasks import TASKS
 
 
 def _precompute(args) -> int:
@@ -115,7 +116,7 @@ def _compare(args) -> int:
 def _quickstart(args) -> int:
     from .quickstart import quickstart
 
-    report = quickstart(data=args.data, out=args.out, budget=args.budget)
+    report = quickstart(data=args.data, out=args.out, budget=args.budget, tasks=args.tasks)
     print(f"report: {Path(report).resolve()}")
     return 0
 
@@ -151,12 +152,13 @@ def _data_group(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="unetflow", description="U-Net instance segmentation of cells and nuclei with boundary or flow labels")
+        prog="unetflow", description="U-Net instance segmentation of cells and nuclei with boundary, flow or "
+                                      "distance labels")
     parser.add_argument("--version", action="version", version=f"unetflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("precompute", help="compute flow and boundary targets into the cache")
+    p = sub.add_parser("precompute", help="compute every task's targets (flows, boundary classes, distances) into the cache")
     p.add_argument("manifest", nargs="?", default="data_manifest.csv", help="manifest CSV (default: %(default)s)")
     p.add_argument("--data", help="data root the manifest's paths are relative to (default: $UNETFLOW_DATA "
                                   "or the manifest's folder)")
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
     p.add_argument("--budget", choices=("tiny", "small"), default="small",
                    help="training budget: tiny (a minute, for tests) or small (default, under 10 minutes)")
+    p.add_argument("--tasks", nargs="+", default=["boundary", "flow"], choices=sorted(TASKS), metavar="TASK",
+                   help=f"representations to train and compare, of {', '.join(sorted(TASKS))} "
+                        "(default: %(default)s)")
     p.set_defaults(func=_quickstart)
 
     p = sub.add_parser("data", help="get public data sets")

@@ -14,8 +14,8 @@ import yaml
 from .augment import AugmentConfig
 from .conventions import BBBC_CLASS_WEIGHTS
 from .hardware import PRECISIONS
-from .postprocess import BoundaryPostprocessConfig, PostprocessConfig
 from .preprocess import InputConfig
+from .tasks import TASKS, get_task
 
 __all__ = ["ExperimentConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "load_config",
            "apply_overrides", "config_to_dict", "ConfigError"]
@@ -58,8 +58,9 @@ class ModelConfig:
 
     Attributes
     ----------
-    task : {"flow", "boundary"}
-        Target, head, loss and post-processing.
+    task : str
+        The label representation (:data:`unetflow.tasks.TASKS`: ``"flow"``, ``"boundary"``,
+        ``"distance"``): target, head, loss and post-processing.
     depth, base_filters, batch_norm, dropout
         See :func:`unetflow.models.build_flow_unet`.
     head_relu : bool
@@ -74,18 +75,23 @@ class ModelConfig:
     head_relu: bool = False
 
     def __post_init__(self):
-        if self.task not in ("flow", "boundary"):
-            raise ValueError(f"model.task must be 'flow' or 'boundary', got {self.task!r}")
-        if self.head_relu and self.task == "flow":
-            raise ValueError("model.head_relu applies to the boundary model only: flows must be linear")
+        try:
+            task = get_task(self.task)
+        except ValueError as exc:
+            raise ValueError(f"model.task: {exc}") from None
+        if self.head_relu and "head_relu" not in task.model_options:
+            raise ValueError(f"model.head_relu applies to the boundary model only, not to task {self.task!r}: "
+                             "its outputs must be linear")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss weights: ``class_weights`` for the boundary model, ``flow_weight``/``prob_weight`` for flows."""
+    """Loss weights: ``class_weights`` for the boundary model, ``flow_weight`` for flows,
+    ``distance_weight`` for distance maps, ``prob_weight`` for the cellprob of both."""
 
     class_weights: tuple = BBBC_CLASS_WEIGHTS
     flow_weight: float = 1.0
+    distance_weight: float = 1.0
     prob_weight: float = 1.0
 
 
@@ -142,12 +148,13 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
 
 
-@dataclass(frozen=True)
-class PostprocessSection:
-    """Post-processing of each task's outputs (thresholds tuned by ``unetflow evaluate`` override these)."""
-
-    flow: PostprocessConfig = field(default_factory=PostprocessConfig)
-    boundary: BoundaryPostprocessConfig = field(default_factory=BoundaryPostprocessConfig)
+#: Post-processing of each task's outputs, one field per task (``postprocess.flow``, ...) holding
+#: the task's options dataclass (thresholds tuned by ``unetflow evaluate`` override these).
+PostprocessSection = dataclasses.make_dataclass(
+    "PostprocessSection", [(name, task.postprocess_class, field(default_factory=task.postprocess_class))
+                           for name, task in sorted(TASKS.items())], frozen=True,
+    namespace={"__module__": __name__})
+PostprocessSection.__doc__ = "Post-processing options of each task (``postprocess.<task>``)."
 
 
 @dataclass(frozen=True)

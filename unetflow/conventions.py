@@ -37,9 +37,6 @@ CELLPROB_TARGET_THRESHOLD = 0.5
 #: The splits of a manifest.
 SPLITS = ("train", "val", "test")
 
-#: The two tasks a model can be trained for.
-TASKS = ("boundary", "flow")
-
 
 def split_flow_outputs(raw: np.ndarray):
     """The flow model's ``(H, W, 3)`` outputs as ``(dP, cellprob)``: ``(2, H, W)`` flows and ``(H, W)`` logits."""

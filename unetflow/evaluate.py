@@ -1,7 +1,7 @@
 """Evaluation of a run on a split, and post-processing threshold tuning on the validation split.
 
-``evaluate_run`` writes into ``RUN_DIR/eval_<split>/`` (``eval_<split>_tta/``, ``..._rescaled/`` for
-those variants)::
+``evaluate_run`` writes an evaluation folder of the run directory (:meth:`unetflow.rundir.RunDir.eval_dir`:
+``eval_<split>/``, ``eval_<split>_tta/``, ``..._rescaled/`` ... for the variants)::
 
     per_image.csv     one row per (image, IoU threshold): counts, AP, F1, PQ, error categories
     summary.json      dataset-level scores at IoU 0.50:0.05:0.95, mean F1, error categories,
@@ -9,27 +9,24 @@ those variants)::
     labels/           predicted label TIFFs
     raw/              raw network outputs (npz) of the first few images, for the report's plots
 
-``tune_thresholds`` searches the post-processing thresholds on the validation split (flow model:
-``cellprob_threshold`` x ``flow_threshold``; boundary model: ``boundary_boost`` x ``method``),
-maximising the mean of AP at IoU 0.5, 0.75 and 0.9, and saves them in ``RUN_DIR/thresholds.json``,
-which ``predict`` then uses.
+``tune_thresholds`` searches the task's post-processing grid (:attr:`unetflow.tasks.Task.tuning_grid`;
+flow model: ``cellprob_threshold`` x ``flow_threshold``; boundary model: ``boundary_boost`` x
+``method``) on the validation split, maximising the mean of AP at IoU 0.5, 0.75 and 0.9, and saves
+the best in the run's ``thresholds.json``, which ``predict`` then uses.
 """
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .conventions import split_flow_outputs
 from .io import atomic_write, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
-from .postprocess import boundary_to_labels, finish_masks, masks_before_checks
-from .predict import THRESHOLDS_FILE, Run, check_diameter, load_run, predict_rescaled, raw_to_labels, resolve_size
+from .predict import Run, check_diameter, load_run, predict_rescaled, raw_to_labels, resolve_size
 from .preprocess import prepare_image
+from .tasks import get_task
 
 __all__ = ["evaluate_run", "tune_thresholds", "predict_split", "summarize", "TUNING_IOUS"]
 
@@ -37,9 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: The tuning objective is the mean AP at these IoU thresholds.
 TUNING_IOUS = (0.5, 0.75, 0.9)
-FLOW_GRID = {"cellprob_threshold": (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0),
-             "flow_threshold": (0.0, 0.2, 0.4, 0.6, 0.8, 1.2)}
-BOUNDARY_GRID = {"boundary_boost": (0.5, 1.0, 2.0, 4.0), "method": ("dilate", "watershed")}
 RAW_EXAMPLES = 6
 
 
@@ -89,7 +83,8 @@ def predict_split(run: Run, images, *, tta=False, tile_size=256, diameters=None,
                                  postprocess=run.postprocess_config())
         t1 = time.perf_counter()
         used.append(d)
-        raws.append(predict_rescaled(run.model, x, task=run.task, factor=factor, tile_size=tile_size, tta=tta))
+        raws.append(predict_rescaled(run.model, x, task=run.task, factor=factor, tile_size=tile_size, tta=tta,
+                                     input_multiple=run.input_multiple))
         t_size += t1 - t0
         t_net += time.perf_counter() - t1
         npx += x.shape[0] * x.shape[1]
@@ -112,29 +107,11 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
 
     Returns a dict with the chosen ``postprocess`` overrides, the objective, and the grid's scores.
     """
-    from tqdm.auto import tqdm
-
     images, labels, names, _ = _split_files(run, split, manifest, data_root)
     truth = [read_labels(p) for p in labels]
     raws, _ = predict_split(run, images, tta=tta, diameters=diameter, progress=progress)
-    base = run.config.postprocess.flow if run.task == "flow" else run.config.postprocess.boundary
-    grid = FLOW_GRID if run.task == "flow" else BOUNDARY_GRID
-    scores = []
-    if run.task == "flow":
-        # one flow-following pass per cellprob threshold; the flow check is cheap to redo
-        for cpt in tqdm(grid["cellprob_threshold"], desc="tune thresholds", disable=not progress):
-            cfg = base.with_overrides(cellprob_threshold=cpt, flow_threshold=max(grid["flow_threshold"]))
-            stages = [masks_before_checks(*split_flow_outputs(r), cfg) for r in raws]
-            for ft in grid["flow_threshold"]:
-                final = base.with_overrides(cellprob_threshold=cpt, flow_threshold=ft)
-                preds = [finish_masks(m, d, final) for m, d in stages]
-                scores.append(({"cellprob_threshold": cpt, "flow_threshold": ft}, _objective(truth, preds)))
-    else:
-        for boost, method in tqdm(list(itertools.product(*grid.values())), desc="tune thresholds",
-                                  disable=not progress):
-            cfg = base.with_overrides(boundary_boost=boost, method=method)
-            scores.append(({"boundary_boost": boost, "method": method},
-                           _objective(truth, [boundary_to_labels(r, cfg) for r in raws])))
+    base = getattr(run.config.postprocess, run.task)
+    scores = get_task(run.task).tune(raws, lambda preds: _objective(truth, preds), base, progress)
     best, value = max(scores, key=lambda s: s[1])
     default_value = next((v for p, v in scores if all(getattr(base, k) == x for k, x in p.items())), None)
     result = {"postprocess": best, "objective": f"mean AP at IoU {list(TUNING_IOUS)} on split {split!r}",
@@ -142,7 +119,7 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
               "value": value, "value_with_config_defaults": default_value, "n_images": len(images),
               "grid": [{**p, "score": v} for p, v in scores]}
     if run.path is not None:
-        atomic_write(run.path / THRESHOLDS_FILE, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+        run.dir.write_json(run.dir.THRESHOLDS, result)
     run.thresholds = best
     return result
 
@@ -205,7 +182,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     if rescale and diameter == "auto":
         raise ValueError("give either rescale (the manifest's diameters) or diameter='auto', not both")
     sizing = run.default_diameter if diameter == "default" else (None if diameter == "native" else "auto")
-    if tune and not (run.path / THRESHOLDS_FILE).is_file() and split != "val":
+    if tune and not (run.dir / run.dir.THRESHOLDS).is_file() and split != "val":
         tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, diameter=run.default_diameter,
                         progress=progress)
     images, labels, names, rows = _split_files(run, split, manifest, data_root)
@@ -220,19 +197,22 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     preds = _postprocess_all(run, raws, config)
     timing["postprocess_s"] = time.perf_counter() - t0
     # the run's own sizing writes eval_<split>/ (what compare and the notebooks read); others a suffix
-    suffix = "_rescaled" if rescale else "" if sizing == run.default_diameter else {None: "_native", "auto": "_auto"}[sizing]
-    out = run.path / (f"eval_{split}" + ("_tta" if tta else "") + suffix + (f"_{tag}" if tag else ""))
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    (out / "raw").mkdir(exist_ok=True)
+    suffix = "rescaled" if rescale else "" if sizing == run.default_diameter else {None: "native", "auto": "auto"}[sizing]
+    where = dict(tta=tta, sizing=suffix, tag=tag)
+    out = run.dir.eval_dir(split, **where)
     for k, (name, pred) in enumerate(zip(names, preds)):
-        write_labels(out / "labels" / f"{name}.tif", pred)
+        path = run.dir.eval_labels(split, name, **where)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_labels(path, pred)
         if k < RAW_EXAMPLES:
-            atomic_write(out / "raw" / f"{name}.npz", lambda tmp, r=raws[k]: np.savez_compressed(tmp, raw=r))
+            path = run.dir.eval_raw(split, name, **where)
+            path.parent.mkdir(exist_ok=True)
+            atomic_write(path, lambda tmp, r=raws[k]: np.savez_compressed(tmp, raw=r))
     table = per_image_table(truth, preds, names)
     table["diameter_used"] = table["image"].map(dict(zip(names, used)))
     extra = [c for c in rows.columns if c not in ("image", "label", "split", "source", "license")]
     table = table.merge(rows.assign(image=names)[["image"] + extra], on="image", how="left")
-    atomic_write(out / "per_image.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out / run.dir.PER_IMAGE, lambda tmp: table.to_csv(tmp, index=False))
     summary = summarize(truth, preds, table, rows)
     column = "median_object_diameter_px"
     if sizing == "auto" and not rescale and column in rows.columns:
@@ -246,5 +226,5 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
                            "size_estimation_s_per_mpx": timing["size_estimation_s"] / timing["megapixels"],
                            "postprocess_s_per_mpx": timing["postprocess_s"] / timing["megapixels"]},
                    images=names)
-    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, default=str)))
+    run.dir.write_json(out / run.dir.SUMMARY, summary)
     return summary

@@ -1,4 +1,4 @@
-"""Keras losses and training metrics for the boundary and the flow U-Net.
+"""Keras losses and training metrics of the tasks (boundary, flow, distance U-Nets).
 
 Each loss is a pure ``keras.ops`` function wrapped by a serialisable ``keras.losses.Loss``.
 
@@ -7,6 +7,7 @@ Each loss is a pure ``keras.ops`` function wrapped by a serialisable ``keras.los
   The thresholding happens inside the loss on the float target (a boolean tensor cannot be fed to
   a loss, which is where Keras ports of Cellpose get stuck), and the 5 is ``FLOW_SCALE``, the same constant
   :func:`unetflow.postprocess.compute_masks` divides by.
+* :class:`DistanceLoss` is the same form for the distance representation (one map channel).
 * :class:`WeightedCategoricalCrossentropy` is the BBBC U-Net's softmax cross-entropy with class
   weights (1, 1, 10) on one-hot targets.
 """
@@ -17,8 +18,9 @@ from keras import ops
 
 from .conventions import BBBC_CLASS_WEIGHTS, BOUNDARY, CELLPROB, CELLPROB_TARGET_THRESHOLD, FLOW_SCALE
 
-__all__ = ["flow_loss", "weighted_categorical_crossentropy", "FlowLoss", "WeightedCategoricalCrossentropy",
-           "FlowMSE", "CellprobIoU", "ClassRecall", "flow_metrics", "boundary_metrics"]
+__all__ = ["flow_loss", "regression_cellprob_loss", "weighted_categorical_crossentropy", "FlowLoss", "DistanceLoss",
+           "WeightedCategoricalCrossentropy",
+           "FlowMSE", "CellprobIoU", "ClassRecall"]
 
 
 def _bce_with_logits(logits, targets):
@@ -26,13 +28,24 @@ def _bce_with_logits(logits, targets):
     return ops.maximum(logits, 0.0) - logits * targets + ops.log1p(ops.exp(-ops.abs(logits)))
 
 
-def flow_loss(y_true, y_pred, flow_weight: float = 1.0, prob_weight: float = 1.0):
-    """Per-pixel Cellpose loss, shape ``(..., H, W)``; its mean is the loss of the batch."""
+def regression_cellprob_loss(y_true, y_pred, scale: float, regression_weight: float = 1.0, prob_weight: float = 1.0):
+    """Per-pixel loss of outputs ``[maps..., cellprob_logit]``, shape ``(..., H, W)``.
+
+    ``0.5 * mean((y_pred[..., :-1] - scale * y_true[..., :-1])**2)`` over the map channels, plus
+    binary cross-entropy with logits of the last channel against ``y_true[..., -1] > 0.5``.
+    """
     y_true = ops.cast(y_true, "float32")
     y_pred = ops.cast(y_pred, "float32")
-    flow_err = ops.mean(ops.square(y_pred[..., :CELLPROB] - FLOW_SCALE * y_true[..., :CELLPROB]), axis=-1)
-    target = ops.cast(y_true[..., CELLPROB] > CELLPROB_TARGET_THRESHOLD, "float32")
-    return flow_weight * 0.5 * flow_err + prob_weight * _bce_with_logits(y_pred[..., CELLPROB], target)
+    err = ops.mean(ops.square(y_pred[..., :-1] - scale * y_true[..., :-1]), axis=-1)
+    target = ops.cast(y_true[..., -1] > CELLPROB_TARGET_THRESHOLD, "float32")
+    return regression_weight * 0.5 * err + prob_weight * _bce_with_logits(y_pred[..., -1], target)
+
+
+def flow_loss(y_true, y_pred, flow_weight: float = 1.0, prob_weight: float = 1.0):
+    """Per-pixel Cellpose loss, shape ``(..., H, W)``; its mean is the loss of the batch."""
+    if y_pred.shape[-1] is not None and y_pred.shape[-1] != CELLPROB + 1:
+        raise ValueError(f"the flow loss needs outputs [dy, dx, cellprob], got {y_pred.shape[-1]} channels")
+    return regression_cellprob_loss(y_true, y_pred, FLOW_SCALE, flow_weight, prob_weight)
 
 
 def weighted_categorical_crossentropy(y_true, y_pred, class_weights=BBBC_CLASS_WEIGHTS, from_logits: bool = True):
@@ -79,6 +92,24 @@ class FlowLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="unetflow")
+class DistanceLoss(keras.losses.Loss):
+    """Loss of the distance representation: MSE of the distance map against `scale` times the
+    normalised-distance target, plus BCE with logits of the cellprob channel (as :class:`FlowLoss`)."""
+
+    def __init__(self, scale: float = 5.0, distance_weight: float = 1.0, prob_weight: float = 1.0,
+                 name: str = "distance_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.scale, self.distance_weight, self.prob_weight = float(scale), float(distance_weight), float(prob_weight)
+
+    def call(self, y_true, y_pred):
+        return regression_cellprob_loss(y_true, y_pred, self.scale, self.distance_weight, self.prob_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "distance_weight": self.distance_weight,
+                "prob_weight": self.prob_weight}
+
+
+@keras.saving.register_keras_serializable(package="unetflow")
 class WeightedCategoricalCrossentropy(keras.losses.Loss):
     """Softmax cross-entropy with per-class weights (BBBC: background 1, interior 1, boundary 10).
 
@@ -110,16 +141,21 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="unetflow")
 class FlowMSE(keras.metrics.Mean):
-    """Mean squared error of the predicted flows against ``FLOW_SCALE`` times the targets."""
+    """Mean squared error of the predicted maps (every channel but the last, cellprob) against
+    `scale` times the targets: the flows against ``FLOW_SCALE`` times the unit flows by default."""
 
-    def __init__(self, name="flow_mse", **kwargs):
+    def __init__(self, name="flow_mse", scale: float = FLOW_SCALE, **kwargs):
         super().__init__(name=name, **kwargs)
+        self.scale = float(scale)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
-        err = ops.mean(ops.square(y_pred[..., :CELLPROB] - FLOW_SCALE * y_true[..., :CELLPROB]))
+        err = ops.mean(ops.square(y_pred[..., :-1] - self.scale * y_true[..., :-1]))
         return super().update_state(err)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
 
 
 class _RatioMetric(keras.metrics.Metric):
@@ -144,14 +180,14 @@ class _RatioMetric(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="unetflow")
 class CellprobIoU(_RatioMetric):
-    """IoU of the predicted cell mask (logit > 0) with the target mask (cellprob > 0.5)."""
+    """IoU of the predicted cell mask (last channel, a logit, > 0) with the target mask (> 0.5)."""
 
     def __init__(self, name="cellprob_iou", **kwargs):
         super().__init__(name=name, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        t = ops.cast(y_true[..., CELLPROB] > CELLPROB_TARGET_THRESHOLD, "float32")
-        p = ops.cast(y_pred[..., CELLPROB] > 0.0, "float32")
+        t = ops.cast(y_true[..., -1] > CELLPROB_TARGET_THRESHOLD, "float32")
+        p = ops.cast(y_pred[..., -1] > 0.0, "float32")
         self._accumulate(ops.sum(t * p), ops.sum(ops.maximum(t, p)))
 
 
@@ -171,11 +207,3 @@ class ClassRecall(_RatioMetric):
     def get_config(self):
         return {**super().get_config(), "class_id": self.class_id}
 
-
-def flow_metrics():
-    return [FlowMSE(), CellprobIoU()]
-
-
-def boundary_metrics():
-    names = ("background", "interior", "boundary")
-    return [ClassRecall(i, name=f"recall_{n}") for i, n in enumerate(names)]

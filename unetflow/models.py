@@ -12,12 +12,23 @@ from keras import layers
 
 from .conventions import FLOW_CHANNELS, N_BOUNDARY_CLASSES
 
-__all__ = ["unet_backbone", "build_boundary_unet", "build_flow_unet", "min_input_multiple", "load_model"]
+__all__ = ["unet_backbone", "build_unet", "build_boundary_unet", "build_flow_unet", "min_input_multiple", "input_multiple", "load_model"]
 
 
 def min_input_multiple(depth: int) -> int:
     """Input height and width must be multiples of this (one 2x2 pooling per level below the top)."""
     return 2 ** (depth - 1)
+
+
+def input_multiple(model) -> int:
+    """Input height and width a built U-Net accepts are multiples of this: its total down-sampling,
+    the product of its pooling layers' strides (runs record it in ``model.json``, see
+    :class:`unetflow.rundir.RunDir`; this reads it from a bare Keras model)."""
+    stride = 1
+    for layer in model.layers:
+        if isinstance(layer, layers.MaxPooling2D):
+            stride *= int(layer.strides[0])
+    return stride
 
 
 def _check(depth, base_filters, input_channels, dropout):
@@ -59,8 +70,19 @@ def unet_backbone(inputs, depth: int = 4, base_filters: int = 64, batch_norm: bo
     return x
 
 
-def _inputs(input_channels):
-    return keras.Input(shape=(None, None, int(input_channels)), name="image")
+def build_unet(out_channels: int, input_channels: int = 1, depth: int = 4, base_filters: int = 64,
+               batch_norm: bool = True, dropout: float = 0.0, head_activation: str | None = None,
+               head_name: str = "head", name: str = "unet") -> keras.Model:
+    """The backbone with a 1x1 convolution head of `out_channels` (every task's model).
+
+    The head is float32, so outputs stay full precision under mixed precision.  Other arguments
+    as :func:`build_boundary_unet`.
+    """
+    _check(depth, base_filters, input_channels, dropout)
+    inputs = keras.Input(shape=(None, None, int(input_channels)), name="image")
+    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
+    out = layers.Conv2D(int(out_channels), 1, activation=head_activation, dtype="float32", name=head_name)(x)
+    return keras.Model(inputs, out, name=name)
 
 
 def build_boundary_unet(input_channels: int = 1, depth: int = 4, base_filters: int = 64, batch_norm: bool = True,
@@ -89,13 +111,8 @@ def build_boundary_unet(input_channels: int = 1, depth: int = 4, base_filters: i
     keras.Model
         Outputs ``(H, W, 3)`` float32 logits.
     """
-    _check(depth, base_filters, input_channels, dropout)
-    inputs = _inputs(input_channels)
-    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
-    # float32 head: logits stay full precision under mixed precision
-    logits = layers.Conv2D(N_BOUNDARY_CLASSES, 1, activation="relu" if head_relu else None, dtype="float32",
-                           name="class_logits")(x)
-    return keras.Model(inputs, logits, name=name)
+    return build_unet(N_BOUNDARY_CLASSES, input_channels, depth, base_filters, batch_norm, dropout,
+                      head_activation="relu" if head_relu else None, head_name="class_logits", name=name)
 
 
 def build_flow_unet(input_channels: int = 1, depth: int = 4, base_filters: int = 64, batch_norm: bool = True,
@@ -105,11 +122,8 @@ def build_flow_unet(input_channels: int = 1, depth: int = 4, base_filters: int =
     The flows are trained against ``FLOW_SCALE`` (5) times the unit targets and the cellprob channel
     is a raw logit (threshold 0.0 is probability 0.5).  Arguments as :func:`build_boundary_unet`.
     """
-    _check(depth, base_filters, input_channels, dropout)
-    inputs = _inputs(input_channels)
-    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
-    out = layers.Conv2D(FLOW_CHANNELS, 1, activation=None, dtype="float32", name="flows_cellprob")(x)
-    return keras.Model(inputs, out, name=name)
+    return build_unet(FLOW_CHANNELS, input_channels, depth, base_filters, batch_norm, dropout,
+                      head_name="flows_cellprob", name=name)
 
 
 def load_model(path, policy: str | None = None) -> keras.Model:

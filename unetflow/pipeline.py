@@ -1,4 +1,4 @@
-"""The shared tf.data pipeline: one loader for both models, the task picks the target.
+"""The shared tf.data pipeline: one loader for every model, the task picks the target.
 
 Images are read and normalised once (:func:`unetflow.preprocess.prepare_image`) and targets come
 from the precomputed cache (:mod:`unetflow.precompute`; missing entries are computed before
@@ -6,11 +6,9 @@ training starts, with a progress bar, never inside the training loop).  Each tra
 ``i`` is drawn with its own ``numpy.random.Generator`` seeded by ``(seed, i)``, so a run is
 reproducible whatever the number of parallel map calls.
 
-Targets:
-
-* ``task="flow"``: ``(H, W, 3)`` float32 ``[dy, dx, cellprob]`` with unit flows (the loss scales
-  them by ``FLOW_SCALE``);
-* ``task="boundary"``: ``(H, W, 3)`` one-hot background / interior / boundary.
+The target of a crop is the task's (:meth:`unetflow.tasks.Task.target`), e.g. ``[dy, dx, cellprob]``
+with unit flows for ``"flow"`` (the loss scales them by ``FLOW_SCALE``), one-hot background /
+interior / boundary for ``"boundary"``.
 """
 from __future__ import annotations
 
@@ -20,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .augment import AugmentConfig, apply_transform, base_zoom, random_transform, sample_crop
-from .conventions import N_BOUNDARY_CLASSES, TASKS, flows_to_channels_last
+from .conventions import flows_to_channels_last
 from .flows import diameters
 from .io import read_image
 from .precompute import TargetCache
 from .preprocess import InputConfig, prepare_image
+from .tasks import array_kinds, get_task
 
 __all__ = ["TrainingData", "load_training_data", "make_dataset", "make_target"]
 
@@ -70,36 +69,32 @@ def load_training_data(images, label_paths, cache: TargetCache, input_config: In
         t = cache.load(lab)
         if t["labels"].shape != image.shape[:2]:
             raise ValueError(f"{lab}: label shape {t['labels'].shape} differs from image {img} shape {image.shape[:2]}")
-        items.append({"image": image, "flows": flows_to_channels_last(t["flows"]),
-                      "cellprob": t["cellprob"], "boundary": t["boundary"], "diameter": diameters(t["labels"])})
+        kinds = array_kinds()  # vectors are (2, H, W) in the cache, channels-last in crops
+        item = {k: flows_to_channels_last(a) if kinds[k] == "vector" else a for k, a in t.items() if k != "labels"}
+        items.append({"image": image, **item, "diameter": diameters(t["labels"])})
     return TrainingData(items, list(names) if names is not None else [str(p) for p in label_paths])
 
 
-def make_target(crop: dict, task: str) -> np.ndarray:
-    """The model target of a crop for a task (see the module docstring)."""
-    if task == "flow":
-        return np.concatenate([crop["flows"], crop["cellprob"][..., None].astype(np.float32)], -1)
-    if task == "boundary":
-        return np.eye(N_BOUNDARY_CLASSES, dtype=np.float32)[crop["boundary"]]
-    raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+def make_target(crop: dict, task) -> np.ndarray:
+    """The model target of a crop for a task (name or :class:`unetflow.tasks.Task`)."""
+    return get_task(task).target(crop)
 
 
-def _crops_fn(data: TrainingData, task: str, config: AugmentConfig, seed: int, augment: bool):
+def _crops_fn(data: TrainingData, task, config: AugmentConfig, seed: int, augment: bool):
     no_aug = AugmentConfig(crop_size=config.crop_size, flips=False, rot90=False, object_crop_tries=config.object_crop_tries,
                            min_object_fraction=config.min_object_fraction, target_diameter=config.target_diameter)
 
     def make(i):
         rng = np.random.default_rng([seed, int(i)])
         item = data.items[rng.integers(len(data))]
-        keys = ("image", "flows", "cellprob") if task == "flow" else ("image", "cellprob", "boundary")
-        arrays = {k: item[k] for k in keys}
+        arrays = {k: item[k] for k in ("image", *task.kinds)}
         zoom = base_zoom(item["diameter"], config)
         if augment:
             crop = sample_crop(rng, arrays, config, zoom)
         else:
             weight = item["cellprob"] > 0
             crop = apply_transform(arrays, random_transform(rng, item["image"].shape[:2], no_aug, weight, zoom))
-        return crop["image"].astype(np.float32), make_target(crop, task)
+        return crop["image"].astype(np.float32), task.target(crop)
 
     return make
 
@@ -111,7 +106,8 @@ def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentC
     Parameters
     ----------
     data : TrainingData
-    task : {"flow", "boundary"}
+    task : str or Task
+        A name of :data:`unetflow.tasks.TASKS`.
     config : AugmentConfig
     batch_size : int
     seed : int
@@ -123,8 +119,7 @@ def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentC
     """
     import tensorflow as tf
 
-    if task not in TASKS:
-        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+    task = get_task(task)
     if len(data) == 0:
         raise ValueError("no training images")
     channels = data.items[0]["image"].shape[-1]
@@ -134,7 +129,7 @@ def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentC
     def load(i):
         image, target = tf.numpy_function(make, [i], (tf.float32, tf.float32), stateful=False)
         image.set_shape((size, size, channels))
-        target.set_shape((size, size, 3))
+        target.set_shape((size, size, task.channels))
         return image, target
 
     idx = tf.data.Dataset.range(n_samples) if n_samples is not None else tf.data.Dataset.range(2 ** 62)

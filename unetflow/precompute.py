@@ -1,9 +1,10 @@
 """Offline precomputation of the training targets into a content-addressed cache.
 
-One cache entry per label file holds everything the training pipeline needs for that image:
-the relabelled instance ``labels``, the unit ``flows`` (2, H, W), the ``cellprob`` target and the
-3-class ``boundary`` target.  The key is a hash of the label file's bytes, the target parameters
-and the algorithm versions, so:
+One cache entry per label file holds everything the training pipeline needs for that image, for
+every task (:mod:`unetflow.tasks`): the relabelled instance ``labels`` plus each task's target
+arrays (the unit ``flows`` (2, H, W), ``cellprob``, the 3-class ``boundary`` target, the
+normalised ``distance``).  The key is a hash of the label file's bytes, the target parameters and
+the algorithm versions (of the flows and of every task's targets), so:
 
 * an unchanged label is skipped, a changed label or parameter is recomputed;
 * one cache serves several manifests, and shards of one manifest never collide;
@@ -22,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .boundary import labels_to_boundary_classes
-from .conventions import CELLPROB_TARGET_THRESHOLD
-from .flows import FLOWS_ALGORITHM_VERSION, masks_to_flows
+from .flows import FLOWS_ALGORITHM_VERSION
 from .io import atomic_write, hash_file, read_labels
+from .tasks import TASKS
 
 __all__ = ["TargetParams", "TargetCache", "precompute", "PrecomputeSummary", "compute_targets"]
 
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Bumped when the entry layout or the boundary/label-reading code changes its output.
 CACHE_FORMAT_VERSION = "1"
-ENTRY_KEYS = ("labels", "flows", "cellprob", "boundary")
+#: The arrays of an entry: the labels and every task's targets.
+ENTRY_KEYS = ("labels",) + tuple(dict.fromkeys(k for task in TASKS.values() for k in task.kinds))
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,16 @@ class TargetParams:
     boundary_width: int = 1
 
     def key_material(self) -> dict:
-        return {"params": asdict(self), "flows": FLOWS_ALGORITHM_VERSION, "format": CACHE_FORMAT_VERSION}
+        return {"params": asdict(self), "flows": FLOWS_ALGORITHM_VERSION, "format": CACHE_FORMAT_VERSION,
+                "tasks": {name: task.version for name, task in sorted(TASKS.items())}}
 
 
 def compute_targets(labels: np.ndarray, params: TargetParams = TargetParams()) -> dict:
-    """All targets of one label image: labels, flows (2, H, W), cellprob and boundary classes."""
-    flows = masks_to_flows(labels)
-    return {
-        "labels": labels.astype(np.int32),
-        "flows": flows.astype(np.float32),
-        "cellprob": (labels > CELLPROB_TARGET_THRESHOLD).astype(np.uint8),
-        "boundary": labels_to_boundary_classes(labels, width=params.boundary_width),
-    }
+    """All targets of one label image: the labels and every task's target arrays."""
+    entry = {"labels": labels.astype(np.int32)}
+    for task in TASKS.values():
+        entry.update(task.make_targets(labels, params))
+    return entry
 
 
 class TargetCache:
@@ -93,8 +92,7 @@ class TargetCache:
             logger.warning("cache entry %s is corrupted (%s): recomputing it", path, exc)
             return None
         shape = entry["labels"].shape
-        if stored_key != key or entry["flows"].shape != (2,) + shape or entry["boundary"].shape != shape \
-                or entry["cellprob"].shape != shape:
+        if stored_key != key or any(a.shape[-2:] != shape for a in entry.values()):
             logger.warning("cache entry %s does not match its key or shapes: recomputing it", path)
             return None
         return entry

@@ -1,13 +1,13 @@
 """Prediction: tiled network outputs over images of any size, then one post-processing pass.
 
-The network runs on overlapping tiles whose outputs are blended with tapered weights; flows and
-cellprob (or class probabilities) are stitched for the whole image first and post-processed once,
-so an object crossing a tile border stays one object.  Optional test-time flips un-flip the
-outputs, negating the flow component the flip reversed.
+The network runs on overlapping tiles whose outputs are blended with tapered weights (in the form
+the task blends: logits and flows as they are, class probabilities for the boundary model); the
+outputs are stitched for the whole image first and post-processed once, so an object crossing a
+tile border stays one object.  Optional test-time flips are un-flipped by the task (for flows,
+negating the component the flip reversed).
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -16,17 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .conventions import BOUNDARY, FLOW_X, FLOW_Y, split_flow_outputs
-from .postprocess import boundary_to_labels, compute_masks
 from .preprocess import prepare_image
+from .rundir import RunDir, read_run
+from .tasks import get_task
 
-__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts", "THRESHOLDS_FILE",
+__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts",
            "check_diameter", "estimate_diameter", "resolve_size", "raw_to_labels", "SIZE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
-
-#: Post-processing thresholds tuned on the validation split (written by ``unetflow evaluate``).
-THRESHOLDS_FILE = "thresholds.json"
 
 
 @dataclass
@@ -38,10 +35,20 @@ class Run:
     model: object
     meta: dict = field(default_factory=dict)
     thresholds: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
 
     @property
     def task(self) -> str:
         return self.config.model.task
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
+    def input_multiple(self):
+        """Input sizes the network accepts are multiples of this (from the run's ``model.json``)."""
+        return self.params.get("input_multiple")
 
     @property
     def default_diameter(self):
@@ -51,8 +58,7 @@ class Run:
 
     def postprocess_config(self, **overrides):
         """The run's post-processing config: config, then tuned thresholds, then `overrides`."""
-        base = self.config.postprocess.flow if self.task == "flow" else self.config.postprocess.boundary
-        return base.with_overrides(**{**self.thresholds, **overrides})
+        return getattr(self.config.postprocess, self.task).with_overrides(**{**self.thresholds, **overrides})
 
 
 def load_run(run_dir, which: str = "best", precision: str = "float32") -> Run:
@@ -68,22 +74,18 @@ def load_run(run_dir, which: str = "best", precision: str = "float32") -> Run:
     """
     from .hardware import inference_policy
     from .models import load_model
-    from .train import read_run
 
-    run_dir = Path(run_dir)
-    config, meta, state = read_run(run_dir)
+    rd = RunDir(run_dir)
+    config, meta, state = read_run(rd.path)
     if meta.get("unetflow_version") != __version__:
-        warnings.warn(f"{run_dir} was made by unetflow {meta.get('unetflow_version')}, this is {__version__}; "
+        warnings.warn(f"{rd.path} was made by unetflow {meta.get('unetflow_version')}, this is {__version__}; "
                       "results may differ", UserWarning, stacklevel=2)
-    model_path = run_dir / f"{which}.keras"
+    model_path = rd.model_file(which)
     if not model_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {which}.keras (epochs done: {state.get('epochs_done', 0)}); "
+        raise FileNotFoundError(f"{rd.path}: no {model_path.name} (epochs done: {state.get('epochs_done', 0)}); "
                                 "was the run trained?")
     model = load_model(model_path, inference_policy(precision))
-    thresholds = {}
-    if (run_dir / THRESHOLDS_FILE).is_file():
-        thresholds = json.loads((run_dir / THRESHOLDS_FILE).read_text())["postprocess"]
-    return Run(run_dir, config, model, meta, thresholds)
+    return Run(rd.path, config, model, meta, rd.thresholds(), rd.model_params(config))
 
 
 def tile_starts(length: int, tile: int, overlap: float):
@@ -101,12 +103,8 @@ def _taper(n: int, ramp: int) -> np.ndarray:
     return np.clip(np.minimum(x + 1, n - x) / max(ramp, 1), 1e-3, 1.0)
 
 
-def _run_tiles(model, image, tile, overlap, batch_size, task):
-    """Blended model outputs (probabilities for the boundary task) for one prepared image."""
-    from .models import min_input_multiple
-
-    depth = sum(1 for layer in model.layers if layer.name.endswith("_pool")) + 1
-    mult = min_input_multiple(depth)
+def _run_tiles(model, image, tile, overlap, batch_size, task, mult):
+    """Blended model outputs (in the task's blending form) for one prepared image."""
     H, W = image.shape[:2]
     # pad to a multiple the network accepts (reflecting, so objects at the edge look natural)
     Hp, Wp = -(-H // mult) * mult, -(-W // mult) * mult
@@ -117,48 +115,43 @@ def _run_tiles(model, image, tile, overlap, batch_size, task):
     ys, xs = tile_starts(Hp, th, overlap), tile_starts(Wp, tw, overlap)
     weight = np.outer(_taper(th, int(th * overlap)) if len(ys) > 1 else np.ones(th, np.float32),
                       _taper(tw, int(tw * overlap)) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
-    out = np.zeros((Hp, Wp, 3), np.float32)
+    out = np.zeros((Hp, Wp, task.channels), np.float32)
     norm = np.zeros((Hp, Wp, 1), np.float32)
     coords = [(y, x) for y in ys for x in xs]
     for k in range(0, len(coords), batch_size):
         chunk = coords[k:k + batch_size]
         batch = np.stack([padded[y:y + th, x:x + tw] for y, x in chunk])
-        pred = np.asarray(model.predict_on_batch(batch), np.float32)
-        if task == "boundary":  # blend probabilities, not logits
-            pred = np.exp(pred - pred.max(-1, keepdims=True))
-            pred /= pred.sum(-1, keepdims=True)
+        pred = task.blendable(np.asarray(model.predict_on_batch(batch), np.float32))
         for (y, x), p in zip(chunk, pred):
             out[y:y + th, x:x + tw] += p * weight
             norm[y:y + th, x:x + tw] += weight
     return (out / norm)[:H, :W]
 
 
-def predict_raw(model, image, *, task: str, tile_size: int = 256, overlap: float = 0.1, batch_size: int = 8,
-                tta: bool = False) -> np.ndarray:
+def predict_raw(model, image, *, task, tile_size: int = 256, overlap: float = 0.1, batch_size: int = 8,
+                tta: bool = False, input_multiple: int | None = None) -> np.ndarray:
     """Network outputs for a prepared ``(H, W, C)`` image, tiled and blended.
 
-    Returns ``(H, W, 3)``: ``[dy, dx, cellprob_logit]`` (flow task) or class probabilities
-    (boundary task).  With `tta`, the mean over the image and its three flips, each output flipped
-    back (and, for flows, the flipped component negated).
+    Returns ``(H, W, channels)`` in the task's blending form: ``[dy, dx, cellprob_logit]`` (flow),
+    class probabilities (boundary), ``[distance, cellprob_logit]`` (distance).  With `tta`, the mean
+    over the image and its three flips, each output un-flipped by the task.  `input_multiple`:
+    input sizes the network accepts are multiples of this (a run's ``model.json`` records it;
+    by default it is read from the model's pooling layers).
     """
+    from .models import input_multiple as read_multiple
+
+    task = get_task(task)
+    mult = input_multiple or read_multiple(model)
     image = np.asarray(image, np.float32)
     if not tta:
-        return _run_tiles(model, image, tile_size, overlap, batch_size, task)
-    total = np.zeros(image.shape[:2] + (3,), np.float32)
+        return _run_tiles(model, image, tile_size, overlap, batch_size, task, mult)
+    total = np.zeros(image.shape[:2] + (task.channels,), np.float32)
     for fy in (False, True):
         for fx in (False, True):
             x = image[::-1] if fy else image
             x = x[:, ::-1] if fx else x
-            out = _run_tiles(model, np.ascontiguousarray(x), tile_size, overlap, batch_size, task)
-            out = out[::-1] if fy else out
-            out = out[:, ::-1] if fx else out
-            if task == "flow":
-                out = out.copy()
-                if fy:
-                    out[..., FLOW_Y] *= -1
-                if fx:
-                    out[..., FLOW_X] *= -1
-            total += out
+            total += task.unflip(_run_tiles(model, np.ascontiguousarray(x), tile_size, overlap, batch_size, task, mult),
+                                 fy, fx)
     return total / 4
 
 
@@ -192,11 +185,9 @@ def check_diameter(diameter):
     return value
 
 
-def raw_to_labels(raw, task: str, config):
-    """Labels from blended network outputs ``(H, W, 3)`` (flows + logit, or class probabilities)."""
-    if task == "flow":
-        return compute_masks(*split_flow_outputs(raw), config)
-    return boundary_to_labels(raw, config)
+def raw_to_labels(raw, task, config):
+    """Labels from blended network outputs ``(H, W, channels)``, by the task's post-processing."""
+    return get_task(task).to_labels(raw, config)
 
 
 #: Object diameters (px) the size search tries: 4 to 181 px, a factor of sqrt(2) apart.
@@ -322,18 +313,17 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     if run is None and isinstance(model_or_run, (str, Path)):
         run = load_run(model_or_run)
     if run is not None:
-        model, task, input_config = run.model, run.task, run.config.input
+        model, task, input_config, multiple = run.model, run.task, run.config.input, run.input_multiple
         if diameter is None:  # a run trained at one object size needs its images at that size
             diameter = run.default_diameter
         train_diameter = train_diameter or run.meta.get("train_median_diameter")
         pp = run.postprocess_config(**postprocess)
     else:
-        from .config import PostprocessSection
-        model = model_or_run
-        if task not in ("flow", "boundary"):
-            raise ValueError("with a bare Keras model, give `task='flow'` or `task='boundary'`")
-        section = PostprocessSection()
-        pp = (section.flow if task == "flow" else section.boundary).with_overrides(**postprocess)
+        from .tasks import TASKS
+        model, multiple = model_or_run, None
+        if task not in TASKS:
+            raise ValueError(f"with a bare Keras model, give `task`, one of {sorted(TASKS)}; got {task!r}")
+        pp = get_task(task).postprocess_class().with_overrides(**postprocess)
     expected = model.inputs[0].shape[-1]
     x = prepare_image(image, input_config) if input_config is not None else np.asarray(image, np.float32)
     if x.ndim == 2:
@@ -344,10 +334,7 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         raise ValueError("`diameter` was given but the training median diameter is unknown: pass `train_diameter`")
     diameter, factor = resolve_size(model, x, diameter, task=task, train_diameter=train_diameter, postprocess=pp)
     raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
-                           batch_size=batch_size, tta=tta)
+                           batch_size=batch_size, tta=tta, input_multiple=multiple)
     labels = raw_to_labels(raw, task, pp)
     extra = {"diameter": diameter} if diameter else {}
-    if task == "flow":
-        dP, cellprob = split_flow_outputs(raw)
-        return labels, {"flows": dP, "cellprob": cellprob, **extra}
-    return labels, {"probs": raw, "boundary_prob": raw[..., BOUNDARY], **extra}
+    return labels, {**get_task(task).outputs(raw), **extra}

@@ -1,9 +1,9 @@
-"""The quickstart: boundary vs flow U-Net end to end, on the synthetic set or on given data.
+"""The quickstart: boundary vs flow U-Net (or any tasks) end to end, on the synthetic set or given data.
 
-Precomputes the targets, trains both models with the same (small) budget, tunes each model's
+Precomputes the targets, trains one model per task with the same (small) budget, tunes each model's
 post-processing on the val split, evaluates on the test and val splits, writes the comparison report
 (on test) and ``summary.md`` (both splits; val is the split the thresholds were tuned on).
-Only the task differs between the two runs.
+Only the task differs between the runs.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import load_config
 from .io import atomic_write
+from .tasks import get_task
 
 __all__ = ["quickstart", "summary_table", "BUDGETS"]
 
@@ -32,8 +33,9 @@ BUDGETS = {
 }
 
 
-def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress: bool = True) -> Path:
-    """Run the boundary-vs-flow comparison and return the report's path.
+def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress: bool = True,
+               tasks=("boundary", "flow")) -> Path:
+    """Run the boundary-vs-flow comparison (or one of any `tasks`) and return the report's path.
 
     Parameters
     ----------
@@ -41,8 +43,10 @@ def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress
         A folder with a ``manifest.csv`` (the DSB layout).  Default: ``$UNETFLOW_DATA`` if set,
         else the embedded synthetic nuclei set.
     out : path
-        Output folder: ``boundary/``, ``flow/`` run directories, ``cache/``, ``report/``.
+        Output folder: one run directory per task (``boundary/``, ``flow/``), ``cache/``, ``report/``.
     budget : {"tiny", "small"}
+    tasks : sequence of str
+        Names of :data:`unetflow.tasks.TASKS`, e.g. ``("boundary", "flow", "distance")``.
     """
     from .evaluate import evaluate_run
     from .report import compare_runs
@@ -50,6 +54,7 @@ def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress
 
     if budget not in BUDGETS:
         raise ValueError(f"`budget` must be one of {sorted(BUDGETS)}, got {budget!r}")
+    tasks = [get_task(t) for t in tasks]  # unknown names fail here, before anything is trained
     out = Path(out)
     data = data or os.environ.get("UNETFLOW_DATA")
     common = [f"output_dir={out}", f"data.cache={out / 'cache'}"] + BUDGETS[budget]
@@ -65,11 +70,11 @@ def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress
     print(f"unetflow quickstart on {where}, budget {budget!r}; writing to {out.resolve()}")
     t0 = time.time()
     runs, summaries = [], {}
-    for task in ("boundary", "flow"):
-        cfg = load_config(None, common + [f"name={task}", f"model.task={task}"] +
-                          (["postprocess.flow.follow=cellprob", "postprocess.flow.interp=true"] if task == "flow" else []))
+    for t in tasks:
+        task = t.name
+        cfg = load_config(None, common + [f"name={task}", f"model.task={task}", *t.recommended])
         print(f"[{time.time() - t0:5.0f} s] training the {task} U-Net")
-        if (out / task / "config.yaml").is_file():  # an earlier quickstart's run: start afresh
+        if (out / task).is_dir():  # an earlier quickstart's run: start afresh
             shutil.rmtree(out / task)
         run = run_experiment(cfg, run_dir=out / task, progress=progress)
         print(f"[{time.time() - t0:5.0f} s] tuning on val, evaluating on test and val: {task}")

@@ -3,20 +3,20 @@
 Contents: the metrics table (AP at 0.5 / 0.75 / 0.9, mean F1 over 0.5:0.95, precision, recall,
 error categories), per-modality tables when the manifest has a ``modality`` column, the spread
 (mean, sd, range) over runs of the same task such as several seeds, paired per-image differences
-(one task against the other run by run, or each run against the first; Wilcoxon signed-rank test),
+(each task against the first, run by run, or each run against the first; Wilcoxon signed-rank test),
 AP against the IoU threshold, error categories, example overlays of true and predicted outlines,
 and flow colour wheels of the flow runs.
 """
 from __future__ import annotations
 
 import html
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from .io import atomic_write, read_image, read_labels
+from .rundir import RunDir
 
 __all__ = ["compare_runs"]
 
@@ -27,13 +27,8 @@ ERRORS = ("missed", "extra", "merges", "splits")
 
 
 def _load_eval(run_dir: Path, split: str):
-    import pandas as pd
-
-    folder = run_dir / f"eval_{split}"
-    if not (folder / "summary.json").is_file():
-        raise FileNotFoundError(f"{run_dir}: not evaluated on {split!r} (run `unetflow evaluate {run_dir} --split {split}`)")
-    summary = json.loads((folder / "summary.json").read_text())
-    return summary, pd.read_csv(folder / "per_image.csv")
+    rd = RunDir(run_dir)
+    return rd.eval_summary(split), rd.eval_table(split)
 
 
 def _label(run_dir: Path, summary) -> str:
@@ -110,8 +105,8 @@ def _plots(runs, out: Path, split: str):
         axes[0].contour(truth > 0, [0.5], colors="lime", linewidths=0.6)
         axes[0].set_title(f"{name[:12]}: truth ({truth.max()})", fontsize=9)
         for ax, (run_dir, summary, table) in zip(axes[1:], runs):
-            pred = read_labels(run_dir / f"eval_{split}" / "labels" / f"{name}.tif") \
-                if (run_dir / f"eval_{split}" / "labels" / f"{name}.tif").is_file() else np.zeros_like(truth)
+            path = RunDir(run_dir).eval_labels(split, name)
+            pred = read_labels(path) if path.is_file() else np.zeros_like(truth)
             ax.imshow(outline_overlay(img, truth, pred))
             row = table[(table["image"] == name) & (table["thresh"] == 0.5)]
             ap = float(row["ap"].iloc[0]) if len(row) else float("nan")
@@ -124,14 +119,14 @@ def _plots(runs, out: Path, split: str):
     # flow colour wheels of an image whose raw outputs every flow run kept (evaluate keeps a few)
     flow_runs = [d for d, s, _ in runs if s["task"] == "flow"]
     kept = [n for n in names if n in labels and
-            all((d / f"eval_{split}" / "raw" / f"{n}.npz").is_file() for d in flow_runs)] if flow_runs else []
+            all(RunDir(d).eval_raw(split, n).is_file() for d in flow_runs)] if flow_runs else []
     if kept:
         name = kept[0]
         fig, axes = plt.subplots(1, len(flow_runs) + 1, figsize=(4 * (len(flow_runs) + 1), 4))
         axes[0].imshow(flows_to_rgb(masks_to_flows(read_labels(labels[name]))))
         axes[0].set_title("flows of the true labels", fontsize=9)
         for ax, d in zip(axes[1:], flow_runs):
-            raw = np.load(d / f"eval_{split}" / "raw" / f"{name}.npz")["raw"]
+            raw = np.load(RunDir(d).eval_raw(split, name))["raw"]
             dP, cellprob = split_flow_outputs(raw)
             ax.imshow(flows_to_rgb(dP, mask=cellprob > 0))
             ax.set_title(f"predicted flows: {d.name}", fontsize=9)
@@ -144,7 +139,8 @@ def _plots(runs, out: Path, split: str):
 
 def _example_files(run_dir: Path, split: str):
     from .manifest import read_manifest
-    meta = json.loads((run_dir / "meta.json").read_text())
+    rd = RunDir(run_dir)
+    meta = rd.read_json(rd.META)
     try:
         m = read_manifest(meta["manifest"], meta.get("data_root"), check_files=False).split(split)
     except (OSError, ValueError):
@@ -178,11 +174,11 @@ def _spread_rows(runs):
 def _paired_differences(runs):
     """Per-image AP@0.5 differences with a Wilcoxon signed-rank test.
 
-    With two tasks evaluated in the same number of runs (e.g. boundary and flow, one run per seed,
-    listed in the same seed order), the k-th run of the second task is paired with the k-th of the
-    first, and with several seeds the per-image means over seeds are compared as well (one value
-    per image, so the test does not count an image twice).  Otherwise each run is compared with
-    the first.
+    With several tasks evaluated in the same number of runs each (e.g. boundary and flow, one run
+    per seed, listed in the same seed order), the k-th run of every later task is paired with the
+    k-th of the first task, and with several seeds the per-image means over seeds are compared as
+    well (one value per image, so the test does not count an image twice).  Otherwise each run is
+    compared with the first.
     """
     from scipy.stats import wilcoxon
 
@@ -196,16 +192,18 @@ def _paired_differences(runs):
         return [name, len(d), _fmt(float(d.mean())), _fmt(float(np.median(d))), int((d > 0).sum()),
                 int((d < 0).sum()), int((d == 0).sum()), f"{p:.2g}"]
 
-    groups = _by_task(runs)
-    if len(groups) == 2 and len(set(map(len, groups.values()))) == 1:
-        first, second = groups.values()
-        rows = [row(f"{_label(rb, sb)} - {_label(ra, sa)}", ap50(ta), ap50(tb))
-                for (ra, sa, ta), (rb, sb, tb) in zip(first, second)]
-        if len(first) > 1:
-            def mean(group):
-                return sum(ap50(t) for _, _, t in group) / len(group)
-            rows.append(row(f"mean of {len(second)} {second[0][1]['task']} runs - mean of {len(first)} "
-                            f"{first[0][1]['task']} runs", mean(first), mean(second)))
+    def mean(group):
+        return sum(ap50(t) for _, _, t in group) / len(group)
+
+    groups = list(_by_task(runs).values())
+    if len(groups) >= 2 and len(set(map(len, groups))) == 1:
+        first, rows = groups[0], []
+        for other in groups[1:]:
+            rows += [row(f"{_label(rb, sb)} - {_label(ra, sa)}", ap50(ta), ap50(tb))
+                     for (ra, sa, ta), (rb, sb, tb) in zip(first, other)]
+            if len(first) > 1:
+                rows.append(row(f"mean of {len(other)} {other[0][1]['task']} runs - mean of {len(first)} "
+                                f"{first[0][1]['task']} runs", mean(first), mean(other)))
         return rows
     ref_dir, ref_s, ref_t = runs[0]
     return [row(f"{_label(r, s)} - {_label(ref_dir, ref_s)}", ap50(ref_t), ap50(t)) for r, s, t in runs[1:]]

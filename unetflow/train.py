@@ -1,22 +1,10 @@
-"""Training runs: an experiment config in, a run directory out.
-
-A run directory holds::
-
-    config.yaml            the fully resolved config
-    meta.json              package version, git commit, manifest hash, TensorFlow/Keras versions
-    best.keras             the model with the lowest validation loss
-    last.keras             the last completed epoch, with the optimizer state (for --resume)
-    state.json             epochs done, best validation loss, history, status
-    history.csv            one row per epoch
-    training_curves.png
-    tensorboard/           TensorBoard logs
+"""Training runs: an experiment config in, a run directory out (layout: :mod:`unetflow.rundir`).
 
 Every file is written under a temporary name and renamed, so a run killed at any moment resumes
 from its last completed epoch with ``unetflow train --resume RUN_DIR``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,18 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from . import __version__
-from .config import ExperimentConfig, config_to_dict, load_config
+from .config import ExperimentConfig, load_config
 from .hardware import resolve_mixed_precision
 from .io import atomic_write
+from .rundir import RunDir, model_params, read_run
+from .tasks import get_task
 
 __all__ = ["run_experiment", "resolve_data", "build_model", "TrainingDivergedError", "RunData", "read_run"]
 
 logger = logging.getLogger(__name__)
-
-RUN_FILES = ("config.yaml", "meta.json", "state.json")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -83,23 +69,8 @@ def resolve_data(config: ExperimentConfig) -> RunData:
 
 
 def build_model(config: ExperimentConfig):
-    """The config's model (boundary or flow U-Net)."""
-    from .models import build_boundary_unet, build_flow_unet
-
-    m = config.model
-    common = dict(input_channels=config.input.channels, depth=m.depth, base_filters=m.base_filters,
-                  batch_norm=m.batch_norm, dropout=m.dropout)
-    if m.task == "flow":
-        return build_flow_unet(**common)
-    return build_boundary_unet(head_relu=m.head_relu, **common)
-
-
-def _loss_and_metrics(config: ExperimentConfig):
-    from .losses import FlowLoss, WeightedCategoricalCrossentropy, boundary_metrics, flow_metrics
-
-    if config.model.task == "flow":
-        return FlowLoss(config.loss.flow_weight, config.loss.prob_weight), flow_metrics()
-    return WeightedCategoricalCrossentropy(config.loss.class_weights), boundary_metrics()
+    """The config's model: the U-Net with its task's head."""
+    return get_task(config.model.task).build_model(config.input.channels, config.model)
 
 
 def _optimizer(t, total_steps: int):
@@ -140,24 +111,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _write_json(path, obj):
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, default=str)))
-
-
-def read_run(run_dir) -> tuple:
-    """The config, meta and state of a run directory, with clear errors for missing files."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run directory not found")
-    missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir}: not a complete unetflow run directory (missing {', '.join(missing)})")
-    config = load_config(run_dir / "config.yaml")
-    meta = json.loads((run_dir / "meta.json").read_text())
-    state = json.loads((run_dir / "state.json").read_text())
-    return config, meta, state
-
-
 def plot_history(history: list, path) -> None:
     """Training curves (loss and metrics, train and validation) as a PNG."""
     import matplotlib
@@ -181,7 +134,7 @@ def plot_history(history: list, path) -> None:
     plt.close(fig)
 
 
-def _callbacks(run_dir: Path, state: dict, patience):
+def _callbacks(rd: RunDir, state: dict, patience):
     import keras
 
     class Checkpointer(keras.callbacks.Callback):
@@ -214,16 +167,16 @@ def _callbacks(run_dir: Path, state: dict, patience):
                 state["best_epoch"] = epoch + 1
             # state first, model last: a kill in between leaves the model one epoch behind the state,
             # and a resume trusts the model's own step count (see run_experiment)
-            _write_json(run_dir / "state.json", state)
+            rd.write_json(rd.STATE, state)
             import pandas as pd
-            atomic_write(run_dir / "history.csv", lambda tmp: pd.DataFrame(state["history"]).to_csv(tmp, index=False))
-            plot_history(state["history"], run_dir / "training_curves.png")
+            atomic_write(rd / rd.HISTORY, lambda tmp: pd.DataFrame(state["history"]).to_csv(tmp, index=False))
+            plot_history(state["history"], rd / rd.CURVES)
             if improved:
-                atomic_write(run_dir / "best.keras", lambda tmp: self.model.save(tmp))
-            atomic_write(run_dir / "last.keras", lambda tmp: self.model.save(tmp))
+                atomic_write(rd.model_file("best"), lambda tmp: self.model.save(tmp))
+            atomic_write(rd.model_file("last"), lambda tmp: self.model.save(tmp))
 
     ckpt = Checkpointer()
-    cbs = [ckpt, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False)]
+    cbs = [ckpt, keras.callbacks.TensorBoard(log_dir=str(rd / rd.TENSORBOARD), write_graph=False)]
     if patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
     return ckpt, cbs
@@ -267,14 +220,14 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     if resume is not None:
         run_dir = Path(resume)
         config, meta, state = read_run(run_dir)
-        for stale in list(run_dir.glob(".*.tmp*")) + list((run_dir / "tensorboard").glob("**/.*.tmp*")):
+        for stale in list(run_dir.glob(".*.tmp*")) + list((run_dir / RunDir.TENSORBOARD).glob("**/.*.tmp*")):
             stale.unlink()  # half-written files of a killed run (the real files were never touched)
         if meta.get("unetflow_version") != __version__:
             logger.warning("%s was made by unetflow %s; this is %s", run_dir, meta.get("unetflow_version"), __version__)
         if state.get("status") in ("finished", "stopped_early"):
             logger.info("%s already finished (%d epochs)", run_dir, state["epochs_done"])
             return run_dir
-        if not (run_dir / "last.keras").is_file() and state.get("epochs_done", 0) > 0:
+        if not RunDir(run_dir).model_file("last").is_file() and state.get("epochs_done", 0) > 0:
             # killed after the first epoch's state but before its model: start that epoch again
             logger.warning("%s: no last.keras yet; restarting from epoch 0", run_dir)
             state.update(epochs_done=0, history=[], best_val_loss=None, best_epoch=None)
@@ -294,12 +247,14 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
                 "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "task": config.model.task}
         state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": None, "history": [], "status": "running"}
-        atomic_write(run_dir / "config.yaml",
-                     lambda tmp: Path(tmp).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False)))
-        _write_json(run_dir / "meta.json", meta)
-        _write_json(run_dir / "state.json", state)
+        rd = RunDir(run_dir)
+        rd.write_config(config)
+        rd.write_json(rd.MODEL_PARAMS, model_params(config))
+        rd.write_json(rd.META, meta)
+        rd.write_json(rd.STATE, state)
     elif meta.get("manifest_sha256") != data.manifest_sha256:
         logger.warning("the manifest changed since %s was started", run_dir)
+    rd = RunDir(run_dir)
 
     cache = TargetCache(config.data.cache or cache_env_default(), TargetParams())
     train_imgs, train_labs, train_names = data.splits["train"]
@@ -309,13 +264,13 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     if "train_median_diameter" not in meta:
         # the object size the network learnt: the common size training images were zoomed to, if any
         meta["train_median_diameter"] = config.augment.target_diameter or train_data.median_diameter
-        _write_json(run_dir / "meta.json", meta)
+        rd.write_json(rd.META, meta)
 
     t = config.train
     policy = resolve_mixed_precision(t.mixed_precision)
     if meta.get("mixed_precision", "") != policy:
         meta["mixed_precision"] = policy
-        _write_json(run_dir / "meta.json", meta)
+        rd.write_json(rd.META, meta)
     if policy:
         keras.mixed_precision.set_global_policy(policy)
     try:
@@ -323,7 +278,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         with strategy.scope():
             if initial_epoch > 0:
                 from .models import load_model
-                model = load_model(run_dir / "last.keras")
+                model = load_model(rd.model_file("last"))
                 done = int(model.optimizer.iterations.numpy()) // t.steps_per_epoch
                 if done != initial_epoch:  # killed between writing the state and the model
                     logger.warning("%s: the checkpoint holds %d epochs, the state %d; resuming from the checkpoint",
@@ -333,8 +288,9 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
             else:
                 keras.utils.set_random_seed(t.seed)  # the seed fixes the initial weights too, not only the crops
                 model = build_model(config)
-                loss, metrics = _loss_and_metrics(config)
-                model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=loss, metrics=metrics)
+                task = get_task(config.model.task)
+                model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(config.loss),
+                              metrics=task.metrics())
         per_epoch = t.steps_per_epoch * t.batch_size
         train_ds = make_dataset(train_data, config.model.task, config.augment, batch_size=t.batch_size, seed=t.seed)
         # continue the seeded sample sequence where the last completed epoch ended
@@ -342,28 +298,28 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
             if initial_epoch else train_ds
         val_ds = make_dataset(val_data, config.model.task, config.augment, batch_size=t.batch_size,
                               seed=t.seed + 1, augment=False, n_samples=t.val_crops).cache()
-        ckpt, callbacks = _callbacks(run_dir, state, t.early_stopping_patience)
+        ckpt, callbacks = _callbacks(rd, state, t.early_stopping_patience)
         state["status"] = "running"
         try:
             model.fit(train_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
                       validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=1 if progress else 0)
         except KeyboardInterrupt:
             state["status"] = "interrupted"
-            _write_json(run_dir / "state.json", state)
+            rd.write_json(rd.STATE, state)
             logger.warning("interrupted after %d epochs; continue with: unetflow train --resume %s",
                            state["epochs_done"], run_dir)
             raise
         if ckpt.diverged:
             epoch, batch, value = ckpt.diverged
             state["status"] = "diverged"
-            _write_json(run_dir / "state.json", state)
+            rd.write_json(rd.STATE, state)
             where = f"epoch {epoch}" + (f", batch {batch}" if batch else "")
             raise TrainingDivergedError(
                 f"the loss became {value} at {where}; training stopped. The last good checkpoint "
                 f"(epoch {state['epochs_done']}) is kept in {run_dir}. Lower train.learning_rate, add "
                 "train.warmup_steps, or check the inputs for extreme values.")
         state["status"] = "stopped_early" if state["epochs_done"] < t.epochs else "finished"
-        _write_json(run_dir / "state.json", state)
+        rd.write_json(rd.STATE, state)
     finally:
         if policy:
             keras.mixed_precision.set_global_policy("float32")

@@ -1,0 +1,55 @@
+"""The BBBC U-Net's representation (Caicedo et al., Cytometry A 95, 952-965, 2019;
+github.com/carpenterlab/unet4nuclei): 3 classes, background / interior / boundary, with a
+class-weighted cross-entropy; instances are the connected interiors (:mod:`unetflow.boundary`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..boundary import BoundaryPostprocessConfig, boundary_to_labels, labels_to_boundary_classes
+from ..conventions import BOUNDARY, CELLPROB_TARGET_THRESHOLD, N_BOUNDARY_CLASSES
+from .base import Task
+
+
+class BoundaryTask(Task):
+    """Target: one-hot classes; output: class logits (tiles are blended as probabilities)."""
+
+    name = "boundary"
+    channels = N_BOUNDARY_CLASSES
+    kinds = {"cellprob": "nearest", "boundary": "nearest"}
+    postprocess_class = BoundaryPostprocessConfig
+    tuning_grid = {"boundary_boost": (0.5, 1.0, 2.0, 4.0), "method": ("dilate", "watershed")}
+    model_options = ("head_relu",)
+
+    def make_targets(self, labels, params):
+        return {"cellprob": (labels > CELLPROB_TARGET_THRESHOLD).astype(np.uint8),
+                "boundary": labels_to_boundary_classes(labels, width=params.boundary_width)}
+
+    def target(self, crop):
+        return np.eye(N_BOUNDARY_CLASSES, dtype=np.float32)[crop["boundary"]]
+
+    def build_model(self, input_channels, model_config):
+        from ..models import build_boundary_unet
+
+        m = model_config
+        return build_boundary_unet(input_channels, m.depth, m.base_filters, m.batch_norm, m.dropout, m.head_relu)
+
+    def loss(self, loss_config):
+        from ..losses import WeightedCategoricalCrossentropy
+
+        return WeightedCategoricalCrossentropy(loss_config.class_weights)
+
+    def metrics(self):
+        from ..losses import ClassRecall
+
+        return [ClassRecall(i, name=f"recall_{n}") for i, n in enumerate(("background", "interior", "boundary"))]
+
+    def blendable(self, outputs):
+        # blend probabilities, not logits
+        p = np.exp(outputs - outputs.max(-1, keepdims=True))
+        return p / p.sum(-1, keepdims=True)
+
+    def to_labels(self, raw, config):
+        return boundary_to_labels(raw, config)
+
+    def outputs(self, raw):
+        return {"probs": raw, "boundary_prob": raw[..., BOUNDARY]}
