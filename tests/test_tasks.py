@@ -143,3 +143,21 @@ def test_every_task_trains_predicts_and_tunes(tmp_path, name):
     # ... and runs made before model.json existed fall back to their config
     (rd / rd.MODEL_PARAMS).unlink()
     assert load_run(run_dir).params == params
+
+
+@pytest.mark.slow
+def test_tiny_distance_config_segments_the_synthetic_test_split(tmp_path):
+    """experiments/tiny_distance.yaml, as shipped: AP@0.5 >= 0.9 on the synthetic test split."""
+    pytest.importorskip("tensorflow")
+    from pathlib import Path
+
+    from unetflow.config import load_config
+    from unetflow.evaluate import evaluate_run
+    from unetflow.train import run_experiment
+
+    experiments = Path(__file__).resolve().parent.parent / "experiments"
+    cfg = load_config(experiments / "tiny_distance.yaml", ["output_dir=" + str(tmp_path / "runs"),
+                                                           "data.cache=" + str(tmp_path / "cache"),
+                                                           "data.root=" + str(tmp_path / "synth")])
+    summary = evaluate_run(run_experiment(cfg, progress=False), "test", progress=False)
+    assert summary["ap50"] >= 0.9, summary["ap50"]
