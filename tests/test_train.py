@@ -195,6 +195,7 @@ def test_mirrored_strategy_and_multi_worker_check(tmp_path, monkeypatch):
                          progress=False)
     assert read_run(run)[2]["status"] == "finished"
     monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG"):
         run_experiment(load_config(None, tiny(tmp_path, "flow", "train.strategy=multi_worker", "name=mw")),
                        progress=False)

@@ -118,7 +118,10 @@ class TrainConfig:
         ``"auto"``: bfloat16 where the CPU has it natively, float32 elsewhere
         (:func:`unetflow.hardware.resolve_mixed_precision`); the policy used is in the run's meta.
     strategy : {"default", "mirrored", "multi_worker"}
-        ``tf.distribute`` strategy; "multi_worker" reads ``TF_CONFIG``.
+        ``tf.distribute`` strategy; "multi_worker" reads ``TF_CONFIG`` (or SLURM's environment),
+        see docs/distributed.md.  ``batch_size`` is the global batch, split over all replicas of
+        all workers; each worker draws its own share of the one seeded sample sequence, and only
+        the chief writes the run directory.
     seed : int
     """
 

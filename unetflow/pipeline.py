@@ -100,7 +100,8 @@ def _crops_fn(data: TrainingData, task, config: AugmentConfig, seed: int, augmen
 
 
 def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentConfig(), *, batch_size: int = 8,
-                 seed: int = 0, augment: bool = True, n_samples: int | None = None):
+                 seed: int = 0, augment: bool = True, n_samples: int | None = None, start: int = 0,
+                 shard: tuple = (0, 1)):
     """A batched ``tf.data.Dataset`` of ``(image, target)`` training crops.
 
     Parameters
@@ -116,6 +117,11 @@ def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentC
         False gives plain random crops (used for the validation set).
     n_samples : int, optional
         Number of crops; infinite (repeating) when None.
+    start : int
+        Index of the first element (a resumed run continues the sequence where it stopped).
+    shard : (int, int)
+        ``(i, n)``: only the elements whose index is ``i`` modulo ``n`` (worker ``i`` of ``n`` in
+        multi-worker training draws its own share of the one sequence).
     """
     import tensorflow as tf
 
@@ -132,6 +138,8 @@ def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentC
         target.set_shape((size, size, task.channels))
         return image, target
 
-    idx = tf.data.Dataset.range(n_samples) if n_samples is not None else tf.data.Dataset.range(2 ** 62)
+    idx = tf.data.Dataset.range(start, n_samples if n_samples is not None else 2 ** 62)
+    if shard[1] > 1:
+        idx = idx.shard(shard[1], shard[0])
     ds = idx.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size, drop_remainder=n_samples is None).prefetch(tf.data.AUTOTUNE)

@@ -93,11 +93,100 @@ def _strategy(name: str):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("train.strategy 'multi_worker' needs the TF_CONFIG environment variable "
-                             "(cluster spec and this worker's task)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if "TF_CONFIG" in os.environ:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one task per worker under srun
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        raise ValueError("train.strategy 'multi_worker' needs the TF_CONFIG environment variable "
+                         "(cluster spec and this worker's task) or a SLURM job step of several tasks "
+                         "(see docs/distributed.md)")
     return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy) -> bool:
+    """Whether this process writes the run directory: the only one, the "chief", or worker 0 of a
+    cluster without a chief (TensorFlow's convention)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+
+
+def _datasets(strategy, train_data, val_data, config: ExperimentConfig, initial_epoch: int):
+    """The training and validation datasets; under a ``tf.distribute`` strategy, one shard per input
+    pipeline (worker), batched per replica, so ``train.batch_size`` is the global batch."""
+    from .pipeline import make_dataset
+
+    t, task, aug = config.train, config.model.task, config.augment
+    # a resumed run continues the seeded sample sequence where its last completed epoch ended
+    start = initial_epoch * t.steps_per_epoch * t.batch_size
+
+    def make(batch, shard=(0, 1)):
+        train = make_dataset(train_data, task, aug, batch_size=batch, seed=t.seed, start=start, shard=shard)
+        val = make_dataset(val_data, task, aug, batch_size=batch, seed=t.seed + 1, augment=False,
+                           n_samples=t.val_crops, shard=shard).cache()
+        return train, val
+
+    if t.strategy == "default":
+        return make(t.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if t.batch_size % replicas:
+        raise ValueError(f"train.batch_size ({t.batch_size}) is the global batch: it must be a multiple of the "
+                         f"{replicas} replicas of train.strategy {t.strategy!r}")
+
+    def per_replica(which):
+        def fn(ctx):
+            return make(ctx.get_per_replica_batch_size(t.batch_size), (ctx.input_pipeline_id, ctx.num_input_pipelines))[which]
+        return strategy.distribute_datasets_from_function(fn)
+
+    return per_replica(0), per_replica(1)
+
+
+def _multi_worker_fixes(model, strategy):
+    """Work around keras-team/keras#20585 (Keras 3 `fit` under MultiWorkerMirroredStrategy), twice.
+
+    * Keras builds a model under a distribution strategy from
+      the first batch *reduced across replicas*, a collective that fails on batches of several
+      workers (``Attempt to convert a value (PerReplica...)``).  Building needs only shapes, so build
+      from this worker's first replica's part of the batch instead.
+    * Keras averages each step's logs over workers along ``axis=0``, which a scalar (every loss and
+      metric value) does not have (``Invalid reduction dimension 0``): average scalars as they are.
+    """
+    import types
+
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    def local(value):
+        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) else value
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+
+    original = getattr(keras_trainer.reduce_per_replica, "original", keras_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            def mean(v):
+                if local(v).shape.rank != 0:
+                    return original(v, strategy, reduction)
+                distributed = isinstance(v, tf.distribute.DistributedValues)
+                return strategy.reduce("MEAN", v, axis=None) if distributed else v
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.original = original
+    keras_trainer.reduce_per_replica = reduce_per_replica
 
 
 def _git_commit() -> str:
@@ -211,10 +300,13 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     TrainingDivergedError
         If the loss became NaN or infinite (the last good checkpoint is kept).
     """
+    import shutil
+    import tempfile
+
     import keras
     import tensorflow as tf
 
-    from .pipeline import load_training_data, make_dataset
+    from .pipeline import load_training_data
     from .precompute import TargetCache, TargetParams, cache_env_default
 
     if resume is not None:
@@ -235,26 +327,29 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         config = load_config(config, overrides)
     data = resolve_data(config)
     strategy = _strategy(config.train.strategy)  # fails early (e.g. no TF_CONFIG), before any file is written
+    chief = _is_chief(strategy)
 
     if resume is None:
         run_dir = Path(run_dir) if run_dir else _new_run_dir(config)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if chief and run_dir.exists() and any(run_dir.iterdir()):
             raise FileExistsError(f"{run_dir}: exists and is not empty; continue it with --resume or choose "
                                   "another --run-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
         meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path.resolve()),
                 "manifest_sha256": data.manifest_sha256, "data_root": str(data.root),
                 "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "task": config.model.task}
         state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": None, "history": [], "status": "running"}
-        rd = RunDir(run_dir)
+    elif meta.get("manifest_sha256") != data.manifest_sha256:
+        logger.warning("the manifest changed since %s was started", run_dir)
+    # only the chief writes the run directory; other workers of a cluster save (saving takes every
+    # worker) into a temporary directory of their own, removed at the end
+    rd = RunDir(run_dir if chief else tempfile.mkdtemp(prefix="unetflow-worker-"))
+    if resume is None:
+        rd.path.mkdir(parents=True, exist_ok=True)
         rd.write_config(config)
         rd.write_json(rd.MODEL_PARAMS, model_params(config))
         rd.write_json(rd.META, meta)
         rd.write_json(rd.STATE, state)
-    elif meta.get("manifest_sha256") != data.manifest_sha256:
-        logger.warning("the manifest changed since %s was started", run_dir)
-    rd = RunDir(run_dir)
 
     cache = TargetCache(config.data.cache or cache_env_default(), TargetParams())
     train_imgs, train_labs, train_names = data.splits["train"]
@@ -278,7 +373,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         with strategy.scope():
             if initial_epoch > 0:
                 from .models import load_model
-                model = load_model(rd.model_file("last"))
+                model = load_model(RunDir(run_dir).model_file("last"))
                 done = int(model.optimizer.iterations.numpy()) // t.steps_per_epoch
                 if done != initial_epoch:  # killed between writing the state and the model
                     logger.warning("%s: the checkpoint holds %d epochs, the state %d; resuming from the checkpoint",
@@ -291,13 +386,9 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
                 task = get_task(config.model.task)
                 model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(config.loss),
                               metrics=task.metrics())
-        per_epoch = t.steps_per_epoch * t.batch_size
-        train_ds = make_dataset(train_data, config.model.task, config.augment, batch_size=t.batch_size, seed=t.seed)
-        # continue the seeded sample sequence where the last completed epoch ended
-        train_ds = train_ds.unbatch().skip(initial_epoch * per_epoch).batch(t.batch_size, drop_remainder=True) \
-            if initial_epoch else train_ds
-        val_ds = make_dataset(val_data, config.model.task, config.augment, batch_size=t.batch_size,
-                              seed=t.seed + 1, augment=False, n_samples=t.val_crops).cache()
+        train_ds, val_ds = _datasets(strategy, train_data, val_data, config, initial_epoch)
+        if t.strategy == "multi_worker":
+            _multi_worker_fixes(model, strategy)
         ckpt, callbacks = _callbacks(rd, state, t.early_stopping_patience)
         state["status"] = "running"
         try:
@@ -323,4 +414,6 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     finally:
         if policy:
             keras.mixed_precision.set_global_policy("float32")
+        if not chief:
+            shutil.rmtree(rd.path, ignore_errors=True)
     return run_dir
