@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 
 from common import print_table
 
@@ -24,11 +23,9 @@ def main():
     ap.add_argument("--tile-size", type=int, default=256)
     args = ap.parse_args()
 
-    from unetflow.conventions import split_flow_outputs
     from unetflow.evaluate import _split_files
     from unetflow.io import read_image
-    from unetflow.postprocess import boundary_to_labels, compute_masks
-    from unetflow.predict import load_run, predict_raw
+    from unetflow.predict import load_run, predict_raw, raw_to_labels
     from unetflow.preprocess import prepare_image
 
     rows = []
@@ -42,10 +39,7 @@ def main():
             t0 = time.perf_counter()
             raw = predict_raw(run.model, x, task=run.task, tile_size=args.tile_size)
             t1 = time.perf_counter()
-            if run.task == "flow":
-                compute_masks(*split_flow_outputs(raw), config)
-            else:
-                boundary_to_labels(raw, config)
+            raw_to_labels(raw, run.task, config)
             t2 = time.perf_counter()
             if k:  # the first image warms up TensorFlow and numba
                 t_net += t1 - t0

@@ -93,7 +93,7 @@ def _evaluate(args) -> int:
 
     s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
                      tta=args.tta, rescale=args.rescale, diameter=args.diameter or "default",
-                     **dict(_parse_kv(kv) for kv in args.postprocess or ()))
+                     precision=args.precision, tag=args.tag or "", **dict(_parse_kv(kv) for kv in args.postprocess or ()))
     print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
     print("  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "size, written to eval_<split>/; the other one to eval_<split>_auto/ or _native/)")
     p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",
                    help="post-processing override, e.g. flow_threshold=0.6 (repeatable)")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
+                   help="what the network computes in (default: %(default)s; others write eval_<split>_<precision>/)")
+    p.add_argument("--tag", help="suffix of the output folder, eval_<split>[...]_<tag>/")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("compare", help="compare evaluated runs in a Markdown/HTML report")

@@ -156,7 +156,7 @@ def summarize(truth, preds, table, meta_rows=None) -> dict:
 
 def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None, tune: bool = True,
                  tta: bool = False, rescale: bool = False, diameter="default", tag: str = "", progress: bool = True,
-                 **postprocess) -> dict:
+                 precision: str = "float32", **postprocess) -> dict:
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
 
     `diameter`: ``"auto"`` estimates each image's object size and zooms it to the training size
@@ -166,6 +166,8 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     the other one ``eval_<split>_auto/`` or ``eval_<split>_native/``.  Thresholds are tuned with the
     run's own choice.
     `tag` is appended to the output folder's name (e.g. ``eval_test_auto_zoom2``).
+    `precision` is what the network computes in (:func:`unetflow.predict.load_run`); other than
+    float32 it is appended to the folder's name unless a `tag` is given (``eval_test_bfloat16``).
 
     With `rescale`, each image is zoomed so its objects (the manifest's ``median_object_diameter_px``,
     known from the annotations) match the training median diameter: a diagnostic of how much object
@@ -175,7 +177,8 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     `rescale` to ``eval_<split>_tta/``, ``eval_<split>_rescaled/`` or ``eval_<split>_tta_rescaled/``, so the
     plain evaluation that ``compare`` reads is kept).
     """
-    run = load_run(run_dir)
+    run = load_run(run_dir, precision=precision)
+    tag = tag or ("" if precision == "float32" else precision)
     if diameter not in ("default", "native", "auto"):
         check_diameter(diameter)  # a number: the error says what is allowed
         raise ValueError(f"evaluate takes diameter 'auto', 'native' or 'default' for a whole split, got {diameter!r}")
@@ -220,7 +223,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
         summary["diameter_estimate"] = {"median_relative_error": float(np.nanmedian(np.abs(est / true - 1))),
                                         "failed": int(np.isnan(est).sum())}
     summary.update(run=str(run.path), out=str(out), task=run.task, split=split, tta=tta, rescale=rescale,
-                   diameter=sizing,
+                   diameter=sizing, precision=precision,
                    postprocess={k: v for k, v in vars(config).items()},
                    timing={**timing, "network_s_per_mpx": timing["network_s"] / timing["megapixels"],
                            "size_estimation_s_per_mpx": timing["size_estimation_s"] / timing["megapixels"],
