@@ -1,6 +1,6 @@
 """Inference cost on this machine: seconds per megapixel for the network and the post-processing.
 
-    python benchmarks/bench_inference.py RUN_DIR [RUN_DIR ...] [--split test] [--limit 30] [--tile-size 256]
+    python benchmarks/bench_inference.py RUN_DIR [RUN_DIR ...] [--split test] [--limit 30] [--tile-size 512]
 
 For each run, on the first ``--limit`` images of the split (from the run's manifest): the tiled
 network pass and the run's post-processing (flow following + flow check, or the boundary recipe),
@@ -20,7 +20,7 @@ def main():
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=30)
-    ap.add_argument("--tile-size", type=int, default=256)
+    ap.add_argument("--tile-size", type=int, default=512)
     args = ap.parse_args()
 
     from unetflow.evaluate import _split_files

@@ -4,7 +4,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from unetflow.models import build_flow_unet
-from unetflow.predict import predict_instances, predict_raw, tile_starts
+from unetflow.predict import predict_instances, predict_raw, tile_layout
 
 
 @pytest.fixture(scope="module")
@@ -14,17 +14,25 @@ def model():
     return build_flow_unet(depth=3, base_filters=4, batch_norm=False)
 
 
-def test_tile_starts_cover_with_overlap():
-    for length, tile in [(100, 32), (256, 256), (300, 128), (31, 64)]:
-        starts = tile_starts(length, tile, 0.1)
-        assert starts[0] == 0 and (starts[-1] + min(tile, length) == length or length <= tile)
-        assert all(b - a <= tile * 0.9 + 1 for a, b in zip(starts, starts[1:]))
+def test_tile_layout_covers_with_overlap_and_few_pixels():
+    for length, tile, margin, mult in [(100, 32, 8, 4), (256, 256, 25, 8), (300, 128, 23, 4), (31, 64, 6, 1),
+                                       (200, 96, 24, 4), (232, 96, 24, 4),
+                                       (1000, 512, 51, 8), (2000, 512, 51, 8), (360, 512, 51, 8)]:
+        starts, size = tile_layout(length, tile, margin, mult)
+        assert starts[0] == 0 and starts[-1] + size == length and size <= tile
+        assert length <= tile or (size % mult == 0 and all(s % mult == 0 for s in starts))
+        assert all(a + size - b >= margin for a, b in zip(starts, starts[1:]))  # neighbours overlap enough
+        # the fewest tiles: one fewer could not cover the length with that overlap
+        n = len(starts)
+        assert n == 1 or (n - 1) * tile - (n - 2) * (margin + mult) < length
+    assert tile_layout(360, 512, 51, 8) == ([0], 360)  # one pass, not two tiles of 256
 
 
 def _min_margin(length, tile, overlap):
     """For each position, the smallest distance to the edge of any tile that covers it."""
     margin = np.full(length, np.inf)
-    for start in tile_starts(length, tile, overlap):
+    starts, tile = tile_layout(length, tile, int(tile * overlap), 4)
+    for start in starts:
         pos = np.arange(start, start + tile)
         margin[pos] = np.minimum(margin[pos], np.minimum(pos - start, start + tile - 1 - pos))
     return margin

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root of --manifest")
     p.add_argument("--out", required=True, help="output folder for the label TIFFs")
     p.add_argument("--tta", action="store_true", help="test-time flips")
-    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--tile-size", type=int, default=512, help="largest network tile (default: %(default)s)")
     p.add_argument("--diameter", help="median object diameter in the images (px), or 'auto' to estimate it per "
                                       "image; each image is zoomed so its objects have the training size "
                                       "(default: 'auto' for runs trained at one object size, else none)")

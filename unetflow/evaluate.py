@@ -61,7 +61,7 @@ def _diameters(run: Run, rows):
     return list(rows[column])
 
 
-def predict_split(run: Run, images, *, tta=False, tile_size=256, diameters=None, progress=True):
+def predict_split(run: Run, images, *, tta=False, tile_size=512, diameters=None, progress=True):
     """Raw network outputs for each image (prepared with the run's input conventions), with timings.
 
     `diameters`: None (each image at its own scale), ``"auto"`` (each image's object diameter

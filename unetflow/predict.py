@@ -20,7 +20,7 @@ from .preprocess import prepare_image
 from .rundir import RunDir, read_run
 from .tasks import get_task
 
-__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_starts",
+__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_layout",
            "check_diameter", "estimate_diameter", "resolve_size", "raw_to_labels", "SIZE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,28 @@ def load_run(run_dir, which: str = "best", precision: str = "float32") -> Run:
     return Run(rd.path, config, model, meta, rd.thresholds(), rd.model_params(config))
 
 
-def tile_starts(length: int, tile: int, overlap: float):
-    """Start offsets of tiles of size `tile` covering `length` with at least `overlap` fraction overlap."""
+def tile_layout(length: int, tile: int, margin: int, multiple: int = 1):
+    """Tiles along one axis: the fewest tiles of at most `tile` px that cover `length` (a multiple of
+    `multiple`) with at least `margin` px of overlap, all of one size (a multiple of `multiple`,
+    rounded up to 64 px when that fits, so a stream of images of different sizes reuses a few traced
+    input shapes), starting at multiples of `multiple`.
+
+    Returns ``(starts, size)``.  Shrinking the tiles to fit, instead of sliding tiles of one size,
+    keeps the computed area close to the image's: a 360 px side is one tile of 360 (not two of 256),
+    a 1000 px side three tiles of 384 with 512 px tiles.
+    """
     if length <= tile:
-        return [0]
-    stride = max(1, int(tile * (1 - overlap)))
-    n = int(np.ceil((length - tile) / stride)) + 1
-    return list(np.linspace(0, length - tile, n).round().astype(int))
+        return [0], length
+    margin += multiple  # room for rounding the starts onto the pooling grid
+    n = int(np.ceil((length - margin) / (tile - margin)))
+    size = int(np.ceil((length + (n - 1) * margin) / n))
+    size = -(-size // multiple) * multiple
+    bucket = -(-size // max(64, multiple)) * max(64, multiple)
+    size = bucket if bucket <= min(tile, length) else size
+    # starts on the pooling grid (multiples of `multiple`): a U-Net is shift-equivariant only for
+    # such shifts, so a tile then computes exactly what the whole image would away from its edges
+    starts = (np.linspace(0, length - size, n) / multiple).round().astype(int) * multiple
+    return [int(v) for v in starts], size
 
 
 def _taper(n: int, ramp: int) -> np.ndarray:
@@ -104,17 +119,26 @@ def _taper(n: int, ramp: int) -> np.ndarray:
 
 
 def _run_tiles(model, image, tile, overlap, batch_size, task, mult):
-    """Blended model outputs (in the task's blending form) for one prepared image."""
+    """Blended model outputs (in the task's blending form) for one prepared image.
+
+    Tiles overlap by `overlap` x `tile` px, and at least by the network's receptive radius, so every
+    output pixel blended with weight near 1 saw its whole context.
+    """
+    from .models import receptive_radius
+
     H, W = image.shape[:2]
     # pad to a multiple the network accepts (reflecting, so objects at the edge look natural)
     Hp, Wp = -(-H // mult) * mult, -(-W // mult) * mult
     mode = "reflect" if min(H, W) > 1 and Hp - H < H and Wp - W < W else "edge"
     padded = np.pad(image, ((0, Hp - H), (0, Wp - W), (0, 0)), mode=mode)
     tile = max(mult, tile // mult * mult)
-    th, tw = min(tile, Hp), min(tile, Wp)
-    ys, xs = tile_starts(Hp, th, overlap), tile_starts(Wp, tw, overlap)
-    weight = np.outer(_taper(th, int(th * overlap)) if len(ys) > 1 else np.ones(th, np.float32),
-                      _taper(tw, int(tw * overlap)) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
+    margin = min(tile // 2, max(int(tile * overlap), receptive_radius(mult)))
+    ys, th = tile_layout(Hp, tile, margin, mult)
+    xs, tw = tile_layout(Wp, tile, margin, mult)
+    weight = np.outer(_taper(th, margin) if len(ys) > 1 else np.ones(th, np.float32),
+                      _taper(tw, margin) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
+    # about as many pixels per network call whatever the tile size (memory)
+    batch_size = max(1, min(batch_size, batch_size * 256 * 256 // (th * tw)))
     out = np.zeros((Hp, Wp, task.channels), np.float32)
     norm = np.zeros((Hp, Wp, 1), np.float32)
     coords = [(y, x) for y in ys for x in xs]
@@ -128,7 +152,7 @@ def _run_tiles(model, image, tile, overlap, batch_size, task, mult):
     return (out / norm)[:H, :W]
 
 
-def predict_raw(model, image, *, task, tile_size: int = 256, overlap: float = 0.1, batch_size: int = 8,
+def predict_raw(model, image, *, task, tile_size: int = 512, overlap: float = 0.1, batch_size: int = 8,
                 tta: bool = False, input_multiple: int | None = None) -> np.ndarray:
     """Network outputs for a prepared ``(H, W, C)`` image, tiled and blended.
 
@@ -271,7 +295,7 @@ def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):
     return diameter, float(train_diameter) / float(diameter) if diameter else 1.0
 
 
-def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 256,
+def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 512,
                       overlap: float = 0.1, batch_size: int = 8, tta: bool = False, diameter: float | None = None,
                       train_diameter: float | None = None, **postprocess):
     """Segment one image: labels plus the raw network outputs.
