@@ -25,6 +25,20 @@ def dsb_label_files(dsb_root):
     return [dsb_root / p for p in rows["label"]]
 
 
+@pytest.fixture(scope="session")
+def tiny_flow(tmp_path_factory):
+    """experiments/tiny_flow.yaml trained once on the synthetic set: (config, run directory)."""
+    pytest.importorskip("tensorflow")
+    from unetflow.config import load_config
+    from unetflow.train import run_experiment
+
+    tmp_path = tmp_path_factory.mktemp("tiny_flow")
+    cfg = load_config(REPO / "experiments" / "tiny_flow.yaml", ["output_dir=" + str(tmp_path / "runs"),
+                                                                "data.cache=" + str(tmp_path / "cache"),
+                                                                "data.root=" + str(tmp_path / "synth")])
+    return cfg, run_experiment(cfg, progress=False)
+
+
 def random_labels(rng, shape=(48, 56), n=12, kind="touching"):
     """Random instance labels: discs/rectangles that touch, cross the border, have holes, or are
     one pixel; ids are shuffled and non-sequential."""

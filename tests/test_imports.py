@@ -11,7 +11,8 @@ def _run(code):
 def test_array_modules_do_not_import_tensorflow():
     _run("import sys, unetflow, unetflow.flows, unetflow.io, unetflow.manifest, unetflow.boundary, "
          "unetflow.precompute, unetflow.cli, unetflow.postprocess, unetflow.dynamics, unetflow.metrics, "
-         "unetflow.splits, unetflow.hardware, unetflow.tasks, unetflow.rundir, unetflow.config, unetflow.pipeline; "
+         "unetflow.splits, unetflow.hardware, unetflow.tasks, unetflow.rundir, unetflow.config, unetflow.pipeline, "
+         "unetflow.predict, unetflow.big, unetflow.geometry; "
          "unetflow.tasks.get_task('distance').make_targets(__import__('numpy').ones((4, 4), int), None); "
          "unetflow.labels_to_distance, unetflow.RunDir, unetflow.TASKS; " + NO_TF)
 

@@ -25,16 +25,6 @@ def tiny(tmp_path, task="flow", *extra):
             "train.steps_per_epoch=3", "train.batch_size=2", "train.val_crops=4", *extra]
 
 
-@pytest.fixture(scope="module")
-def tiny_flow(tmp_path_factory):
-    """experiments/tiny_flow.yaml trained once on the synthetic set: (config, run directory)."""
-    tmp_path = tmp_path_factory.mktemp("tiny_flow")
-    cfg = load_config(EXPERIMENTS / "tiny_flow.yaml", ["output_dir=" + str(tmp_path / "runs"),
-                                                       "data.cache=" + str(tmp_path / "cache"),
-                                                       "data.root=" + str(tmp_path / "synth")])
-    return cfg, run_experiment(cfg, progress=False)
-
-
 def _test_split(cfg):
     from unetflow.train import resolve_data
     return list(zip(*resolve_data(cfg).splits["test"][:2]))

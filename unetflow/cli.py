@@ -49,6 +49,8 @@ def _predict(args) -> int:
     from .predict import check_diameter, load_run, predict_instances
 
     diameter = check_diameter(args.diameter)  # before any work: a bad value is the user's error, not an image's
+    if args.out.rstrip("/").endswith(".zarr"):
+        return _predict_big(args, diameter)
 
     images = [Path(p) for p in args.images]
     if args.manifest:
@@ -78,6 +80,19 @@ def _predict(args) -> int:
     for f in failed:
         print(f"  FAILED {f}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_big(args, diameter) -> int:
+    from .big import predict_big
+
+    if len(args.images) != 1 or args.manifest:
+        raise ValueError("an --out ending in .zarr segments one (huge) image block by block: give exactly one INPUT")
+    s = predict_big(args.run_dir, args.images[0], args.out, block_size=args.block_size, diameter=diameter,
+                    scheduler=args.scheduler, workers=args.workers, precision=args.precision,
+                    tile_size=args.tile_size)
+    print(f"{s['objects']} objects in {s['shape'][0]} x {s['shape'][1]} px ({s['blocks']} blocks of {s['block_size']} px, "
+          f"halo {s['halo']} px): {Path(s['out']).resolve()}")
+    return 0
 
 
 def _parse_kv(kv):
@@ -182,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="segment the images of a manifest instead (or as well)")
     p.add_argument("--split", choices=SPLITS, help="only this split of --manifest")
     p.add_argument("--data", help="data root of --manifest")
-    p.add_argument("--out", required=True, help="output folder for the label TIFFs")
+    p.add_argument("--out", required=True, help="output folder for the label TIFFs; a path ending in .zarr segments "
+                                                "one huge INPUT (TIFF or zarr) block by block on dask into an "
+                                                "OME-Zarr label image")
+    p.add_argument("--block-size", type=int, default=2048, help="blocks of the .zarr path (default: %(default)s)")
+    p.add_argument("--scheduler", help="address of a running dask scheduler (default: a local cluster)")
+    p.add_argument("--workers", type=int, help="processes of the local dask cluster (default: 1)")
     p.add_argument("--tta", action="store_true", help="test-time flips")
     p.add_argument("--tile-size", type=int, default=512, help="largest network tile (default: %(default)s)")
     p.add_argument("--diameter", help="median object diameter in the images (px), or 'auto' to estimate it per "

@@ -124,7 +124,7 @@ def _run_tiles(model, image, tile, overlap, batch_size, task, mult):
     Tiles overlap by `overlap` x `tile` px, and at least by the network's receptive radius, so every
     output pixel blended with weight near 1 saw its whole context.
     """
-    from .models import receptive_radius
+    from .geometry import receptive_radius
 
     H, W = image.shape[:2]
     # pad to a multiple the network accepts (reflecting, so objects at the edge look natural)
@@ -297,7 +297,7 @@ def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):
 
 def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 512,
                       overlap: float = 0.1, batch_size: int = 8, tta: bool = False, diameter: float | None = None,
-                      train_diameter: float | None = None, **postprocess):
+                      train_diameter: float | None = None, input_stats=None, **postprocess):
     """Segment one image: labels plus the raw network outputs.
 
     Parameters
@@ -316,6 +316,8 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         network, and the outputs are scaled back.  None: the run's own choice
         (:attr:`Run.default_diameter`: ``"auto"`` for runs trained at one object size, which is
         measured to be much better for them, see docs/results.md), else the image's own scale.
+    input_stats : unetflow.preprocess.InputStats, optional
+        Normalise with these statistics instead of the image's own (blocks of a huge image).
     **postprocess
         Overrides of the post-processing options (e.g. ``cellprob_threshold=-1``).
 
@@ -349,7 +351,7 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
             raise ValueError(f"with a bare Keras model, give `task`, one of {sorted(TASKS)}; got {task!r}")
         pp = get_task(task).postprocess_class().with_overrides(**postprocess)
     expected = model.inputs[0].shape[-1]
-    x = prepare_image(image, input_config) if input_config is not None else np.asarray(image, np.float32)
+    x = prepare_image(image, input_config, input_stats) if input_config is not None else np.asarray(image, np.float32)
     if x.ndim == 2:
         x = x[..., None]
     if x.shape[-1] != expected:

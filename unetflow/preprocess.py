@@ -14,7 +14,7 @@ import numpy as np
 
 from .validation import check_image
 
-__all__ = ["InputConfig", "prepare_image", "normalize_percentile", "is_bright_background"]
+__all__ = ["InputConfig", "InputStats", "prepare_image", "input_stats", "normalize_percentile", "is_bright_background"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,48 @@ def is_bright_background(channel: np.ndarray) -> bool:
     return bool(np.median(channel) > (p1 + p99) / 2)
 
 
-def prepare_image(image, config: InputConfig = InputConfig()) -> np.ndarray:
+@dataclass(frozen=True)
+class InputStats:
+    """What normalising an image needs, per channel: whether to invert it (about `ref`), and the
+    values mapped to 0 and 1.  From the image itself (:func:`input_stats`), or from a sample of a
+    huge image so that every block of it is normalised alike."""
+
+    invert: tuple
+    ref: tuple
+    lo: tuple
+    hi: tuple
+
+
+def _channels(image, config: InputConfig) -> np.ndarray:
+    """The image's channels as the network takes them (grey average, or one channel repeated)."""
+    image = check_image(image)
+    if config.grey:
+        return image.mean(axis=-1, keepdims=True)
+    if image.shape[-1] == 1:
+        return np.repeat(image, config.channels, axis=-1)
+    if image.shape[-1] != config.channels:
+        raise ValueError(f"`image` has {image.shape[-1]} channel(s) but the model expects {config.channels}")
+    return image
+
+
+def input_stats(image, config: InputConfig = InputConfig()) -> InputStats:
+    """The normalisation statistics of an image (or of a sample of one), see :func:`prepare_image`."""
+    image = _channels(image, config)
+    invert = tuple(bool(config.invert_bright_background and is_bright_background(image[..., c]))
+                   for c in range(image.shape[-1]))
+    ref = tuple(float(image[..., c].max()) for c in range(image.shape[-1]))
+    flipped = np.stack([ref[c] - image[..., c] if invert[c] else image[..., c] for c in range(image.shape[-1])], -1)
+    lo, hi = np.percentile(flipped, list(config.percentiles), axis=(0, 1))
+    return InputStats(invert, ref, tuple(map(float, lo)), tuple(map(float, hi)))
+
+
+def prepare_image(image, config: InputConfig = InputConfig(), stats: InputStats | None = None) -> np.ndarray:
     """Raw image ``(H, W)`` or ``(H, W, C)`` to the float32 network input ``(H, W, channels)``.
+
+    Channels are averaged to grey (or a grey image repeated for a colour model), channels with a
+    bright background inverted, and each channel's percentiles mapped to 0 and 1 (see
+    :class:`InputConfig`).  `stats` fixes the inversion and percentiles (:func:`input_stats` of a
+    sample of a larger image); by default they are the image's own.
 
     Raises
     ------
@@ -72,16 +112,11 @@ def prepare_image(image, config: InputConfig = InputConfig()) -> np.ndarray:
         If the image has several channels and their count does not match ``config.channels``
         (without ``grey``).
     """
-    image = check_image(image)
-    if config.grey:
-        image = image.mean(axis=-1, keepdims=True)
-    elif image.shape[-1] == 1:
-        image = np.repeat(image, config.channels, axis=-1)
-    elif image.shape[-1] != config.channels:
-        raise ValueError(f"`image` has {image.shape[-1]} channel(s) but the model expects {config.channels}")
-    if config.invert_bright_background:
-        image = image.copy()
-        for c in range(image.shape[-1]):
-            if is_bright_background(image[..., c]):
-                image[..., c] = image[..., c].max() - image[..., c]
-    return normalize_percentile(image, *config.percentiles)
+    image = _channels(image, config)
+    stats = stats or input_stats(image, config)
+    out = np.empty(image.shape, np.float32)
+    for c in range(image.shape[-1]):
+        x = stats.ref[c] - image[..., c] if stats.invert[c] else image[..., c]
+        scale = stats.hi[c] - stats.lo[c] if stats.hi[c] - stats.lo[c] > 1e-12 else 1.0
+        out[..., c] = (x.astype(np.float64) - stats.lo[c]) / scale  # in float64, then rounded once
+    return out

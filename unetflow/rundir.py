@@ -151,7 +151,7 @@ def model_params(config) -> dict:
     """The hyper-parameters of the network an experiment config builds (what ``model.json`` holds)."""
     from dataclasses import asdict
 
-    from .models import min_input_multiple
+    from .geometry import min_input_multiple
     from .tasks import get_task
 
     m = config.model
