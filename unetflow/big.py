@@ -170,7 +170,7 @@ def _write_ome_zarr_labels(path: Path, shape, chunks):
 
 
 def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, scheduler=None,
-                workers: int | None = None, precision: str = "float32", tile_size: int = 512,
+                workers: int | None = None, precision: str = "auto", tile_size: int = 512,
                 progress: bool = True) -> dict:
     """Segment a huge image block by block on dask and write an OME-Zarr label image.
 

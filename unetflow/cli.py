@@ -209,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "image; each image is zoomed so its objects have the training size "
                                       "(default: 'auto' for runs trained at one object size, else none)")
     p.add_argument("--save-raw", action="store_true", help="also write flows and cellprob (or class probabilities)")
-    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
-                   help="what the network computes in (auto: bfloat16 where the CPU has it natively; "
-                        "default: %(default)s)")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+                   help="what the network computes in (default auto: bfloat16 where the CPU has it natively, "
+                        "float32 elsewhere; it cost at most 0.002 AP on the DSB test split, docs/results.md)")
     p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",
                    help="post-processing override, e.g. cellprob_threshold=-1 (repeatable)")
     p.set_defaults(func=_predict)
