@@ -166,6 +166,11 @@ def test_report_pairs_runs_by_seed():
     assert rows[2][1] == 3 and rows[2][2] == f"{(0.1 + 0.1 + 0) / 3:.3f}"  # per-image means: a 0.6 vs 0.7, b 0.5 vs 0.6, c equal
     # unequal groups: each run against the first
     assert [r[0] for r in _paired_differences(runs[:3])] == ["b1 (boundary) - b0 (boundary)", "f0 (flow) - b0 (boundary)"]
+    # a third task: paired with the first task as well
+    three = runs + [run("d0", "distance", [0.5, 0.6, 0.5]), run("d1", "distance", [0.7, 0.5, 0.6])]
+    assert [r[0] for r in _paired_differences(three)][3:] == [
+        "d0 (distance) - b0 (boundary)", "d1 (distance) - b1 (boundary)",
+        "mean of 2 distance runs - mean of 2 boundary runs"]
 
 
 def test_summary_of_known_predictions():
