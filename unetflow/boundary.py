@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from .conventions import BACKGROUND, BOUNDARY, INTERIOR
-from .validation import OptionsMixin, check_labels
+from .validation import OptionsMixin, check_labels, check_outputs
 
 __all__ = ["labels_to_boundary_classes", "boundary_to_labels", "BoundaryPostprocessConfig"]
 
@@ -124,11 +124,7 @@ def boundary_to_labels(probs, config: BoundaryPostprocessConfig | None = None, *
     config = (config or BoundaryPostprocessConfig()).with_overrides(**options)
     if config.method not in ("dilate", "watershed"):
         raise ValueError(f"`method` must be 'dilate' or 'watershed', got {config.method!r}")
-    probs = np.asarray(probs, np.float32)
-    if probs.ndim != 3 or probs.shape[-1] != 3:
-        raise ValueError(f"`probs` (shape {probs.shape}) must be (H, W, 3): background, interior, boundary")
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("`probs` has NaN or inf values")
+    probs = check_outputs(probs, "probs", ("background", "interior", "boundary"))
     weighted = probs * np.array([1.0, 1.0, config.boundary_boost], np.float32)
     classes = np.argmax(weighted, axis=-1)
     interior = classes == INTERIOR

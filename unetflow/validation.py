@@ -97,6 +97,20 @@ def check_image(image, name: str = "image") -> np.ndarray:
     return arr
 
 
+def check_outputs(outputs, name: str, channels) -> np.ndarray:
+    """Validate a model's blended outputs ``(H, W, len(channels))`` and return them as float32.
+
+    `channels` names what each channel holds (for the error message).  NaN or inf is an error:
+    non-finite outputs mean a broken network or file, not empty images.
+    """
+    arr = np.asarray(outputs, np.float32)
+    if arr.ndim != 3 or arr.shape[-1] != len(channels):
+        raise ValueError(f"`{name}` (shape {arr.shape}) must be (H, W, {len(channels)}): {', '.join(channels)}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
+    return arr
+
+
 def relabel_sequential(labels) -> np.ndarray:
     """Renumber ids to 1..N in order of their value (0 stays background); returns int32.
 

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..conventions import CELLPROB_TARGET_THRESHOLD
-from ..validation import OptionsMixin, check_labels
+from ..validation import OptionsMixin, check_labels, check_outputs
 from .base import Task
 
 __all__ = ["DistanceTask", "DistancePostprocessConfig", "labels_to_distance", "distance_to_labels", "DISTANCE_SCALE"]
@@ -103,11 +103,7 @@ def distance_to_labels(raw, config: DistancePostprocessConfig | None = None, **o
     config = (config or DistancePostprocessConfig()).with_overrides(**options)
     if config.markers not in ("maxima", "threshold"):
         raise ValueError(f"`markers` must be 'maxima' or 'threshold', got {config.markers!r}")
-    raw = np.asarray(raw, np.float32)
-    if raw.ndim != 3 or raw.shape[-1] != 2:
-        raise ValueError(f"`raw` (shape {raw.shape}) must be (H, W, 2): distance, cellprob logit")
-    if not np.all(np.isfinite(raw)):
-        raise ValueError(f"`raw` has {np.count_nonzero(~np.isfinite(raw))} NaN or inf values")
+    raw = check_outputs(raw, "raw", ("distance", "cellprob logit"))
     distance, mask = raw[..., 0] / DISTANCE_SCALE, raw[..., 1] > config.cellprob_threshold
     if config.markers == "maxima":
         # background at -1: every object's maxima stand at least h above the cell mask's edge
