@@ -61,7 +61,7 @@ def load_training_data(images, label_paths, cache: TargetCache, input_config: In
     """
     from tqdm.auto import tqdm
 
-    items = []
+    items, kinds = [], array_kinds()
     for img, lab in tqdm(list(zip(images, label_paths)), desc="load images and targets", unit="img",
                          disable=not progress):
         raw = read_image(img) if not isinstance(img, np.ndarray) else img
@@ -69,7 +69,7 @@ def load_training_data(images, label_paths, cache: TargetCache, input_config: In
         t = cache.load(lab)
         if t["labels"].shape != image.shape[:2]:
             raise ValueError(f"{lab}: label shape {t['labels'].shape} differs from image {img} shape {image.shape[:2]}")
-        kinds = array_kinds()  # vectors are (2, H, W) in the cache, channels-last in crops
+        # vectors are (2, H, W) in the cache, channels-last in crops
         item = {k: flows_to_channels_last(a) if kinds[k] == "vector" else a for k, a in t.items() if k != "labels"}
         items.append({"image": image, **item, "diameter": diameters(t["labels"])})
     return TrainingData(items, list(names) if names is not None else [str(p) for p in label_paths])

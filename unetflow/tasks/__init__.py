@@ -10,6 +10,9 @@ and tests.  See :mod:`unetflow.tasks.base` for what a task owns.
 """
 from __future__ import annotations
 
+import functools
+from types import MappingProxyType
+
 from .base import Task
 from .boundary import BoundaryTask
 from .distance import DistanceTask
@@ -37,11 +40,15 @@ def get_task(name) -> Task:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
 
 
-def array_kinds() -> dict:
-    """How augmentation resamples each array a crop may hold: the image, labels, and every task's targets."""
+@functools.cache
+def array_kinds() -> MappingProxyType:
+    """How augmentation resamples each array a crop may hold: the image, labels, and every task's targets.
+
+    Derived once from the registry (it is read for every training crop); read-only.
+    """
     kinds = {"image": "linear", "labels": "nearest"}
     for task in TASKS.values():
         for key, kind in task.kinds.items():
             if kinds.setdefault(key, kind) != kind:
                 raise ValueError(f"tasks disagree on how to resample {key!r}")
-    return kinds
+    return MappingProxyType(kinds)
