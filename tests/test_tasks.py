@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from unetflow.augment import AugmentConfig, apply_transform, random_transform
+from unetflow.conventions import FLOW_SCALE
 from unetflow.metrics import matching
 from unetflow.precompute import TargetParams
 from unetflow.synthetic import synthetic_nuclei
@@ -14,12 +15,18 @@ def _labels():
     return synthetic_nuclei(np.random.default_rng(3), (64, 64))[1]
 
 
+def _crop(task, labels):
+    """The task's cached arrays of `labels`, laid out as in a training crop (vectors channels-last)."""
+    arrays = task.make_targets(labels, TargetParams())
+    return {k: (np.moveaxis(a, 0, -1) if task.kinds[k] == "vector" else a) for k, a in arrays.items()}
+
+
 def _ideal_outputs(task, labels):
     """What a perfect network would output, in the task's blending form."""
-    t = task.target(task.make_targets(labels, TargetParams()))
+    t = task.target(_crop(task, labels))
     if task.name == "boundary":
         return t  # one-hot = probabilities
-    scale = DISTANCE_SCALE if task.name == "distance" else 5.0
+    scale = DISTANCE_SCALE if task.name == "distance" else FLOW_SCALE
     return np.concatenate([scale * t[..., :-1], np.where(t[..., -1:] > 0.5, 10.0, -10.0)], -1)
 
 
@@ -35,15 +42,11 @@ def test_registry_and_unknown_names():
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_targets_have_the_task_channels_and_labels_come_back(name):
     task, labels = TASKS[name], _labels()
-    arrays = task.make_targets(labels, TargetParams())
-    assert set(arrays) == set(task.kinds)
-    target = task.target({k: (np.moveaxis(a, 0, -1) if task.kinds[k] == "vector" else a) for k, a in arrays.items()})
+    assert set(task.make_targets(labels, TargetParams())) == set(task.kinds)
+    target = task.target(_crop(task, labels))
     assert target.shape == labels.shape + (task.channels,) and target.dtype == np.float32
     # a perfect network's outputs give the objects back through the task's default post-processing
-    raw = _ideal_outputs(task, labels) if name != "flow" else None
-    if name == "flow":
-        from unetflow.flows import masks_to_flows
-        raw = np.concatenate([5 * np.moveaxis(masks_to_flows(labels), 0, -1), np.where(labels > 0, 10.0, -10.0)[..., None]], -1)
+    raw = _ideal_outputs(task, labels)
     config = task.postprocess_class()
     if name == "flow":
         config = config.with_overrides(follow="cellprob", interp=True)
@@ -70,11 +73,6 @@ def test_unflip_inverts_a_flip_of_the_image(name):
         # the heat diffusion is not bit-symmetric under flips: flows differ by up to ~0.03 of their
         # unit length; a component not negated back would differ by up to 2
         np.testing.assert_allclose(back, plain, atol=0.05 if name == "flow" else 1e-6, err_msg=f"{name} flips {fy, fx}")
-
-
-def _crop(task, labels):
-    arrays = task.make_targets(labels, TargetParams())
-    return {k: (np.moveaxis(a, 0, -1) if task.kinds[k] == "vector" else a) for k, a in arrays.items()}
 
 
 def test_distance_target_follows_geometric_augmentation():
