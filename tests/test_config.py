@@ -55,3 +55,14 @@ def test_overrides():
         load_config(EXPERIMENTS / "flow_unet.yaml", ["train.epoch=2"])
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["train.epochs"])
+
+
+def test_train_splits_adds_val_images_to_training(tmp_path):
+    from unetflow.train import resolve_data
+    overrides = [f"data.root={tmp_path}", "data.synthetic_images=6"]
+    plain = resolve_data(load_config(None, overrides)).splits
+    final = resolve_data(load_config(None, overrides + ["data.train_splits=[train, val]"])).splits
+    assert final["train"][2] == plain["train"][2] + plain["val"][2] and final["val"] == plain["val"]
+    assert final["test"] == plain["test"]
+    with pytest.raises(ConfigError, match="test split is never trained on"):
+        load_config(None, ["data.train_splits=[train, test]"])

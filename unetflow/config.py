@@ -42,6 +42,10 @@ class DataConfig:
         Size of the synthetic set, when it is used.
     max_train_images, max_val_images : int or None
         Use only the first N images of a split (quick runs and tests).
+    train_splits : tuple of str
+        The manifest splits the network trains on.  ``[train, val]`` trains a final model on every
+        image but the test split; the val split then still picks the checkpoint and the thresholds,
+        but it is no longer held out, so report such a model on test only.
     """
 
     manifest: str | None = None
@@ -50,6 +54,12 @@ class DataConfig:
     synthetic_images: int = 24
     max_train_images: int | None = None
     max_val_images: int | None = None
+    train_splits: tuple = ("train",)
+
+    def __post_init__(self):
+        if not self.train_splits or any(s not in ("train", "val") for s in self.train_splits):
+            raise ValueError(f"data.train_splits must be a non-empty list of 'train' and 'val' (the test split "
+                             f"is never trained on), got {list(self.train_splits)}")
 
 
 @dataclass(frozen=True)

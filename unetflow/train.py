@@ -65,6 +65,8 @@ def resolve_data(config: ExperimentConfig) -> RunData:
     for split in ("train", "val"):
         if not splits[split][0]:
             raise ValueError(f"{manifest.path}: no rows in split {split!r}; training needs train and val rows")
+    if d.train_splits != ("train",):
+        splits["train"] = tuple(sum((list(splits[s][k]) for s in d.train_splits), []) for k in range(3))
     return RunData(Path(manifest.path), manifest.sha256, manifest.root, splits)
 
 
