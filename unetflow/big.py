@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .formats import create_ome_zarr_labels
+
 __all__ = ["open_array", "sample_stats", "predict_big", "block_grid", "ID_STRIDE"]
 
 logger = logging.getLogger(__name__)
@@ -156,19 +158,6 @@ def _compose_block(block: Block, neighbours, tmp, out):
     return int(len(np.unique(labels)) - (labels == 0).any())
 
 
-def _write_ome_zarr_labels(path: Path, shape, chunks):
-    """An empty OME-Zarr (NGFF 0.4) label image: one full-resolution uint32 level ``0``."""
-    import zarr
-
-    root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    root.create_array("0", shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0)
-    root.attrs["multiscales"] = [{
-        "version": "0.4", "name": "labels",
-        "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]}]
-    root.attrs["image-label"] = {"version": "0.4"}
-
-
 def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, scheduler=None,
                 workers: int | None = None, precision: str = "auto", tile_size: int = 512,
                 progress: bool = True) -> dict:
@@ -263,7 +252,7 @@ def _run_blocks(client, blocks, run_dir, precision, source, stats, diameter, til
     for p in (tmp_out, tmp_blocks):
         shutil.rmtree(p, ignore_errors=True)
     tmp_blocks.mkdir(parents=True)
-    _write_ome_zarr_labels(tmp_out, blocks[-1].core[1::2], (block_size, block_size))
+    create_ome_zarr_labels(tmp_out, blocks[-1].core[1::2], (block_size, block_size))
     try:
         args = (str(Path(run_dir).resolve()), precision, str(Path(source).resolve()))
         seg = [client.submit(_segment_block, *args, b, stats, diameter, tmp_blocks, tile_size,

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import __version__
 from .conventions import SPLITS
-from .hardware import INFERENCE_PRECISIONS
+from .formats import FORMATS
+from .hardware import INFERENCE_PRECISIONS, import_tensorflow
 from .tasks import TASKS
 
 
@@ -44,7 +45,8 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from .io import read_image, write_image, write_labels
+    from .formats import write_outputs
+    from .io import read_image, write_image
     from .manifest import read_manifest
     from .predict import check_diameter, load_run, predict_instances
 
@@ -72,7 +74,7 @@ def _predict(args) -> int:
         except (OSError, ValueError) as exc:  # one bad image must not stop the others
             failed.append(f"{path}: {exc}")
             continue
-        write_labels(out / f"{path.stem}_labels.tif", labels)
+        write_outputs(out, path.stem, labels, raw, args.formats, filename=path.resolve())
         if args.save_raw:
             for key, arr in ((k, v) for k, v in raw.items() if k != "diameter"):
                 write_image(out / f"{path.stem}_{key}.tif", arr.astype("float32"))
@@ -165,12 +167,16 @@ def _data_group(args) -> int:
     return 0
 
 
+#: Subcommands that run a network: they import TensorFlow quietly and name the device first.
+NETWORK_COMMANDS = ("train", "predict", "evaluate", "quickstart", "export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unetflow", description="U-Net instance segmentation of cells and nuclei with boundary, flow or "
                                       "distance labels")
     parser.add_argument("--version", action="version", version=f"unetflow {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages and show TensorFlow's own start-up lines")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("precompute", help="compute every task's targets (flows, boundary classes, distances) into the cache")
@@ -208,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diameter", help="median object diameter in the images (px), or 'auto' to estimate it per "
                                       "image; each image is zoomed so its objects have the training size "
                                       "(default: 'auto' for runs trained at one object size, else none)")
+    p.add_argument("--formats", nargs="+", choices=FORMATS, default=["labels"], metavar="FORMAT",
+                   help="what to write for each image, any of: labels (<stem>_labels.tif), cellpose "
+                        "(<stem>_masks.tif and <stem>_seg.npy for the Cellpose GUI), rois (<stem>_rois.zip for "
+                        "Fiji), ome-zarr (<stem>.ome.zarr label image); default: labels")
     p.add_argument("--save-raw", action="store_true", help="also write flows and cellprob (or class probabilities)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                    help="what the network computes in (default auto: bfloat16 where the CPU has it natively, "
@@ -278,6 +288,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in NETWORK_COMMANDS:
+            print(f"unetflow: the network runs on {import_tensorflow(args.verbose)}", file=sys.stderr)
         return args.func(args)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         print(f"unetflow {args.command}: error: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ import functools
 from pathlib import Path
 
 __all__ = ["cpu_flags", "native_bfloat16", "resolve_mixed_precision", "inference_policy", "PRECISIONS",
-           "INFERENCE_PRECISIONS"]
+           "INFERENCE_PRECISIONS", "import_tensorflow"]
 
 #: Values of ``train.mixed_precision``.
 PRECISIONS = (None, "auto", "mixed_bfloat16", "mixed_float16")
@@ -75,3 +75,47 @@ def inference_policy(precision: str = "float32", flags=None) -> str:
     if precision == "auto":
         return "mixed_bfloat16" if native_bfloat16(flags) else "float32"
     return "mixed_bfloat16" if precision == "bfloat16" else "float32"
+
+
+def import_tensorflow(verbose: bool = False):
+    """Import TensorFlow, hiding its C++ start-up lines unless `verbose`, and say where it computes.
+
+    TensorFlow writes oneDNN, CUDA-stub and CPU-feature notices, and on a machine without a GPU an
+    ``E0000 ... failed call to cuInit`` line that reads like a failure, straight to file descriptor 2
+    before its logging is set up, so ``TF_CPP_MIN_LOG_LEVEL`` alone does not silence them: the import
+    runs with descriptor 2 pointed at a temporary file, shown only if the import fails.
+
+    Returns
+    -------
+    str
+        One line naming the device that runs the network, e.g. ``"CPU (2 cores, native bfloat16)"``.
+    """
+    import os
+    import sys
+    import tempfile
+
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if verbose or "tensorflow" in sys.modules:
+        import tensorflow as tf
+    else:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                import tensorflow as tf
+                tf.config.list_physical_devices()  # the CUDA probe happens here, still silenced
+            except BaseException:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return f"GPU ({', '.join(g.name.split(':', 1)[-1] for g in gpus)})"
+    native = "native bfloat16" if native_bfloat16() else "no native bfloat16: float32"
+    return f"CPU ({os.cpu_count()} cores, {native})"
