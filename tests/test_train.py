@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from unetflow.config import load_config
+from unetflow.config import ConfigError as ConfigErrorType, load_config
 from unetflow.train import TrainingDivergedError, read_run, run_experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -190,3 +190,55 @@ def test_mirrored_strategy_and_multi_worker_check(tmp_path, monkeypatch):
         run_experiment(load_config(None, tiny(tmp_path, "flow", "train.strategy=multi_worker", "name=mw")),
                        progress=False)
     assert not (tmp_path / "runs" / "mw").exists()
+
+
+@pytest.mark.slow
+def test_fine_tuning_from_a_run(tiny_flow, tmp_path, capsys):
+    """train.init_from starts from another run's weights; freeze_encoder_steps keeps the encoder
+    fixed for that many steps; the source is checked first and recorded."""
+    from unetflow.cli import main
+    from unetflow.models import load_model
+
+    cfg, src = tiny_flow
+    source = load_model(Path(src) / "best.keras")
+    # new synthetic images (another seed), few steps
+    base = ["output_dir=" + str(tmp_path / "runs"), "data.cache=" + str(tmp_path / "cache"),
+            "data.root=" + str(tmp_path / "synth"), "train.seed=1", "train.epochs=2", "train.steps_per_epoch=3",
+            "train.val_crops=4", "train.init_from=" + str(src)]
+    tiny_yaml = EXPERIMENTS / "tiny_flow.yaml"
+
+    def encoder_and_rest(model):
+        enc = [w for layer in model.layers if layer.name.startswith("down") for w in layer.get_weights()]
+        rest = [w for layer in model.layers if not layer.name.startswith("down") for w in layer.get_weights()]
+        return enc, rest
+
+    frozen = run_experiment(load_config(tiny_yaml, base + ["train.freeze_encoder_steps=6"]),
+                            run_dir=tmp_path / "frozen", progress=False)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the optimizer state is whole: saved with every variable
+        last = load_model(frozen / "last.keras")
+    enc, rest = encoder_and_rest(last)
+    src_enc, src_rest = encoder_and_rest(source)
+    assert all(np.array_equal(a, b) for a, b in zip(enc, src_enc))  # loaded, then never moved
+    assert not all(np.array_equal(a, b) for a, b in zip(rest, src_rest))  # the decoder and head trained
+    _, meta, _ = read_run(frozen)
+    assert meta["init_from"]["run"] == str(Path(src).resolve()) and meta["init_from"]["freeze_encoder_steps"] == 6
+    assert len(meta["init_from"]["sha256"]) == 64
+
+    released = run_experiment(load_config(tiny_yaml, base + ["train.freeze_encoder_steps=3"]),
+                              run_dir=tmp_path / "released", progress=False)
+    enc, _ = encoder_and_rest(load_model(released / "last.keras"))
+    assert not all(np.array_equal(a, b) for a, b in zip(enc, src_enc))  # trained after step 3
+
+    # a source that does not fit is refused before anything is written, naming what differs
+    for override, message in [(["model.task=boundary"], "model.task"), (["input.grey=false", "input.channels=3"],
+                               "input.channels"), (["model.base_filters=8"], "model.base_filters")]:
+        with pytest.raises(ValueError, match=f"{message}.*same task"):
+            run_experiment(load_config(tiny_yaml, base + override), run_dir=tmp_path / "bad", progress=False)
+        assert not (tmp_path / "bad").exists()
+    assert main(["train", str(tiny_yaml), "--init-from", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "bad"),
+                 *[a for x in base[:-1] for a in ("--set", x)]]) == 2
+    assert "nope" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigErrorType, match="needs train.init_from"):
+        load_config(tiny_yaml, ["train.freeze_encoder_steps=5"])

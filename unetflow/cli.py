@@ -39,7 +39,9 @@ def _train(args) -> int:
                          "(a resumed run keeps its own config)")
     if not args.resume and not args.config:
         raise ValueError("give an experiment config (e.g. experiments/flow_unet.yaml) or --resume RUN_DIR")
-    run_dir = run_experiment(args.config, overrides=args.set or (), run_dir=args.run_dir, resume=args.resume)
+    import json
+    overrides = [*(args.set or ()), *([f"train.init_from={json.dumps(str(args.init_from))}"] if args.init_from else [])]
+    run_dir = run_experiment(args.config, overrides=overrides, run_dir=args.run_dir, resume=args.resume)
     print(f"run directory: {Path(run_dir).resolve()}")
     return 0
 
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--run-dir", help="run directory (default: OUTPUT_DIR/NAME, time-stamped if it exists)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last epoch")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="fine-tune: start from this run's weights (same task, "
+                                                         "channels and architecture); train.init_from")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="segment images with a trained run")

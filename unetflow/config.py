@@ -133,6 +133,13 @@ class TrainConfig:
         all workers; each worker draws its own share of the one seeded sample sequence, and only
         the chief writes the run directory.
     seed : int
+    init_from : str or None
+        Fine-tuning: start from the weights of this run directory's ``best.keras`` (same task, input
+        channels and architecture) instead of random ones; recorded in the run's meta.
+    freeze_encoder_steps : int
+        Fine-tuning: keep the contracting path (``down*`` layers, their batch norms in inference
+        mode) fixed for the first N steps, so a new head and decoder settle before the pretrained
+        features move.
     """
 
     epochs: int = 15
@@ -148,6 +155,8 @@ class TrainConfig:
     mixed_precision: str | None = None
     strategy: str = "default"
     seed: int = 0
+    init_from: str | None = None
+    freeze_encoder_steps: int = 0
 
     def __post_init__(self):
         checks = {"optimizer": ("rmsprop", "adam", "adamw"), "schedule": ("constant", "cosine"),
@@ -159,6 +168,10 @@ class TrainConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.freeze_encoder_steps and not self.init_from:
+            raise ValueError("train.freeze_encoder_steps freezes pretrained weights: it needs train.init_from")
+        if self.freeze_encoder_steps < 0:
+            raise ValueError(f"train.freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}")
 
 
 #: Post-processing of each task's outputs, one field per task (``postprocess.flow``, ...) holding

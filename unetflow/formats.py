@@ -119,7 +119,10 @@ def write_rois(path, labels) -> Path:
 
 def create_ome_zarr_labels(path, shape, chunks):
     """An empty OME-Zarr (NGFF 0.4) label image: one full-resolution uint32 level ``0``."""
-    import zarr
+    try:
+        import zarr
+    except ImportError:
+        raise ImportError("the ome-zarr format needs zarr: pip install 'unetflow[big]'") from None
 
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     root.create_array("0", shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0)

@@ -263,14 +263,69 @@ def _callbacks(rd: RunDir, state: dict, patience):
             atomic_write(rd / rd.HISTORY, lambda tmp: pd.DataFrame(state["history"]).to_csv(tmp, index=False))
             plot_history(state["history"], rd / rd.CURVES)
             if improved:
-                atomic_write(rd.model_file("best"), lambda tmp: self.model.save(tmp))
-            atomic_write(rd.model_file("last"), lambda tmp: self.model.save(tmp))
+                atomic_write(rd.model_file("best"), self.save)
+            atomic_write(rd.model_file("last"), self.save)
+
+        def save(self, path):
+            # saved with every layer trainable, as the optimizer (built for all of them) expects on
+            # reload: a checkpoint taken while the encoder is frozen must resume with its moments
+            frozen = [layer for layer in self.model.layers if not layer.trainable]
+            for layer in frozen:
+                layer.trainable = True
+            try:
+                self.model.save(path)
+            finally:
+                for layer in frozen:
+                    layer.trainable = False
 
     ckpt = Checkpointer()
     cbs = [ckpt, keras.callbacks.TensorBoard(log_dir=str(rd / rd.TENSORBOARD), write_graph=False)]
     if patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
     return ckpt, cbs
+
+
+def _init_source(config: ExperimentConfig) -> dict | None:
+    """Check ``train.init_from`` before any file is written: a finished run of the same task, input
+    channels and architecture.  Returns what the run's meta records about it."""
+    src = config.train.init_from
+    if not src:
+        return None
+    src_config, _, src_state = read_run(src)  # names the missing directory or file
+    model_file = RunDir(src).model_file("best")
+    if not model_file.is_file():
+        raise FileNotFoundError(f"train.init_from: {model_file} does not exist; was {src} trained?")
+    mine, theirs = config.model, src_config.model
+    checks = [("model.task", mine.task, theirs.task), ("input.channels", config.input.channels, src_config.input.channels),
+              *[(f"model.{k}", getattr(mine, k), getattr(theirs, k)) for k in ("depth", "base_filters", "batch_norm",
+                                                                                 "head_relu")]]
+    for key, a, b in checks:
+        if a != b:
+            raise ValueError(f"train.init_from: {src} has {key} = {b!r}, this config {a!r}; fine-tuning needs the "
+                             "same task, input channels and architecture")
+    from .io import hash_file
+    return {"run": str(Path(src).resolve()), "model": model_file.name, "sha256": hash_file(model_file).hexdigest(),
+            "epochs_done": src_state.get("epochs_done"), "freeze_encoder_steps": config.train.freeze_encoder_steps}
+
+
+def _encoder_layers(model):
+    """The contracting path of a unetflow U-Net (see :func:`unetflow.models.unet_backbone`)."""
+    return [layer for layer in model.layers if layer.name.startswith("down")]
+
+
+def _encoder_freeze(steps: int):
+    """A callback that releases the encoder (frozen before ``fit``) once `steps` steps are done."""
+    import keras
+
+    class ReleaseEncoder(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            frozen = _encoder_layers(self.model)
+            if frozen and not frozen[0].trainable and int(self.model.optimizer.iterations.numpy()) >= steps:
+                for layer in frozen:
+                    layer.trainable = True
+                self.model.make_train_function(force=True)  # fit calls self.train_function anew each step
+                logger.info("encoder released after %d steps", steps)
+    return ReleaseEncoder()
 
 
 def _new_run_dir(config: ExperimentConfig) -> Path:
@@ -330,6 +385,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     data = resolve_data(config)
     strategy = _strategy(config.train.strategy)  # fails early (e.g. no TF_CONFIG), before any file is written
     chief = _is_chief(strategy)
+    init = _init_source(config) if resume is None else None
 
     if resume is None:
         run_dir = Path(run_dir) if run_dir else _new_run_dir(config)
@@ -339,7 +395,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path.resolve()),
                 "manifest_sha256": data.manifest_sha256, "data_root": str(data.root),
                 "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "task": config.model.task}
+                "task": config.model.task, **({"init_from": init} if init else {})}
         state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": None, "history": [], "status": "running"}
     elif meta.get("manifest_sha256") != data.manifest_sha256:
         logger.warning("the manifest changed since %s was started", run_dir)
@@ -388,10 +444,22 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
                 task = get_task(config.model.task)
                 model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(config.loss),
                               metrics=task.metrics())
+                if init:
+                    from .models import load_model
+                    model.set_weights(load_model(RunDir(t.init_from).model_file("best")).get_weights())
+            if t.freeze_encoder_steps and int(model.optimizer.iterations.numpy()) < t.freeze_encoder_steps:
+                # the optimizer knows every variable before some are frozen, so releasing them later
+                # needs no new optimizer (and keeps its schedule and moments)
+                if not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)
+                for layer in _encoder_layers(model):
+                    layer.trainable = False
         train_ds, val_ds = _datasets(strategy, train_data, val_data, config, initial_epoch)
         if t.strategy == "multi_worker":
             _multi_worker_fixes(model, strategy)
         ckpt, callbacks = _callbacks(rd, state, t.early_stopping_patience)
+        if t.freeze_encoder_steps:
+            callbacks.append(_encoder_freeze(t.freeze_encoder_steps))
         state["status"] = "running"
         try:
             model.fit(train_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
