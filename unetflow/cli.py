@@ -99,6 +99,14 @@ def _predict_big(args, diameter) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from .export import export_bioimageio
+
+    out = export_bioimageio(args.run_dir, args.out, name=args.name, authors=args.author or ("unetflow developers",))
+    print(f"bioimage.io package: {Path(out).resolve()} (check it with: bioimageio test {out})")
+    return 0
+
+
 def _parse_kv(kv):
     import yaml
     if "=" not in kv:
@@ -250,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the network computes in (default: %(default)s; others write eval_<split>_<precision>/)")
     p.add_argument("--tag", help="suffix of the output folder, eval_<split>[...]_<tag>/")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write a run as a bioimage.io model package (.zip)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the package to write, MODEL.zip")
+    p.add_argument("--name", help="the model's name (default: the run's experiment name)")
+    p.add_argument("--author", action="append", metavar="NAME", help="an author (repeatable)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("compare", help="compare evaluated runs in a Markdown/HTML report")
     p.add_argument("run_dirs", nargs="+")

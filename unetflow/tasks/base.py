@@ -39,6 +39,11 @@ class Task:
         ``model.*`` options only this task accepts.
     recommended : tuple of str
         ``--set`` overrides quick experiments use with this task (see :mod:`unetflow.quickstart`).
+    channel_names : tuple of str
+        The output channels, in order (a model package names them).
+    output_doc : str
+        What the outputs mean and how to turn them into instances, for people using the network
+        without unetflow (an exported package's documentation).
     """
 
     name = ""
@@ -49,6 +54,8 @@ class Task:
     tuning_grid: dict = {}
     model_options: tuple = ()
     recommended: tuple = ()
+    channel_names: tuple = ()
+    output_doc = ""
 
     def __repr__(self):
         return f"<task {self.name!r}: {self.channels} channels>"

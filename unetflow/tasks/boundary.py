@@ -15,6 +15,11 @@ class BoundaryTask(Task):
 
     name = "boundary"
     channels = N_BOUNDARY_CLASSES
+    channel_names = ("background", "interior", "boundary")
+    output_doc = (
+        "Three class logits per pixel, in the order background, interior, boundary (the BBBC nucleus "
+        "U-Net's labels). unetflow turns them into instances with `unetflow.boundary_to_labels` "
+        "(softmax, then connected components of interior pixels grown into their boundaries).")
     kinds = {"cellprob": "nearest", "boundary": "nearest"}
     postprocess_class = BoundaryPostprocessConfig
     tuning_grid = {"boundary_boost": (0.5, 1.0, 2.0, 4.0), "method": ("dilate", "watershed")}

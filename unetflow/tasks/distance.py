@@ -120,6 +120,12 @@ class DistanceTask(Task):
 
     name = "distance"
     channels = 2
+    channel_names = ("distance", "cellprob")
+    output_doc = (
+        "Channel 0 is each object's normalised Euclidean distance transform (1 at its centre, 0 at its "
+        "edge), multiplied by 5; channel 1 is the cell-probability logit (> 0: inside an object). "
+        "unetflow turns them into instances with a marker watershed "
+        "(`unetflow.tasks.distance.distance_to_labels`).")
     kinds = {"distance": "linear", "cellprob": "nearest"}
     postprocess_class = DistancePostprocessConfig
     tuning_grid = {"cellprob_threshold": (-1.0, -0.5, 0.0, 0.5, 1.0),

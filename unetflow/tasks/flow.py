@@ -15,6 +15,13 @@ class FlowTask(Task):
 
     name = "flow"
     channels = 3
+    channel_names = ("flow_y", "flow_x", "cellprob")
+    output_doc = (
+        "Channel 0 and 1 are the flows, y then x: the unit vector field of each object's heat-diffusion "
+        "centre, multiplied by 5 (as in Cellpose). Channel 2 is the cell-probability logit (> 0: inside "
+        "an object). unetflow turns them into instances with `unetflow.compute_masks(flows, cellprob, "
+        "...)`; the flows and logit also fit Cellpose's `dynamics.compute_masks(dP, cellprob, ...)`, with "
+        "dP = channels 0-1 in (2, H, W) order.")
     kinds = {"flows": "vector", "cellprob": "nearest"}
     postprocess_class = PostprocessConfig
     tuning_grid = {"cellprob_threshold": (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0),

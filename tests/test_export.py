@@ -1,0 +1,49 @@
+"""bioimage.io export, checked by bioimage.io's own test (``bioimageio test``, bioimageio.core)."""
+import json
+import shutil
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("tensorflow")
+
+
+@pytest.mark.slow
+def test_export_passes_bioimageio_test(tiny_flow, tmp_path, capsys):
+    from unetflow.cli import main
+    from unetflow.predict import load_run
+
+    _, run_dir = tiny_flow
+    out = tmp_path / "tiny_flow.zip"
+    assert main(["export", str(run_dir), "--out", str(out), "--author", "A. Tester"]) == 0
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        zf.extract("test_input.npy", tmp_path)
+    assert {"rdf.yaml", "README.md", "model.keras", "tf_saved_model.zip", "test_input.npy", "test_output.npy"} <= names
+    assert not list(tmp_path.glob(".*tmp*"))  # written under a temporary name, then renamed
+    run = load_run(run_dir)
+    (inp,), (outp,) = rdf["inputs"], rdf["outputs"]
+    assert [a["type"] for a in inp["axes"]] == ["batch", "space", "space", "channel"]
+    assert inp["axes"][1]["size"] == {"min": run.input_multiple, "step": run.input_multiple}
+    assert inp["preprocessing"] == [{"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": 1.0,
+                                                                     "max_percentile": 99.8}}]
+    assert outp["axes"][-1]["channel_names"] == ["flow_y", "flow_x", "cellprob"]
+    assert set(rdf["weights"]) == {"keras_v3", "tensorflow_saved_model_bundle"}
+    assert rdf["authors"] == [{"name": "A. Tester"}] and rdf["config"]["unetflow"]["task"] == "flow"
+    assert np.load(tmp_path / "test_input.npy").shape[1] % run.input_multiple == 0
+
+    bioimageio = shutil.which("bioimageio")
+    if bioimageio is None:
+        pytest.skip("bioimageio.core is not installed (pip install 'unetflow[export]')")
+    summary = tmp_path / "summary.json"
+    res = subprocess.run([bioimageio, "test", str(out), "--summary", str(summary)], capture_output=True, text=True)
+    result = json.loads(summary.read_text())
+    failed = [d["name"] for d in result["details"] if d["status"] == "failed"]
+    assert result["status"] == "passed" and res.returncode == 0, failed
+
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "model.tar")]) == 2
+    assert ".zip" in capsys.readouterr().err
