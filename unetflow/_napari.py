@@ -1,0 +1,87 @@
+"""The napari plugin (npe2 manifest ``unetflow/napari.yaml``): a widget that segments the current
+image layer with a trained run or the shipped ``nuclei`` model, and a reader for Cellpose
+``_seg.npy`` files and unetflow's label TIFFs.
+
+Nothing here imports napari: the widget is a plain function that napari turns into a form
+(``autogenerate``), and its result is a list of layer-data tuples, so it also runs headless.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["segment", "get_reader", "read_outputs"]
+
+_RUNS: dict = {}  # loaded models by (run, precision): a second click does not reload the network
+
+
+def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float = 0.0, tta: bool = False,
+            tuned_thresholds: bool = True, cellprob_threshold: float = 0.0,
+            flow_threshold: float = 0.4) -> "list[napari.types.LayerDataTuple]":
+    """Segment an image layer into a Labels layer (and, for a flow model, its flows as RGB).
+
+    Parameters
+    ----------
+    image : napari Image layer (or anything with ``.data``; an array works too)
+        A 2-D grey or RGB image.
+    run : str
+        A run directory, or ``nuclei`` (the model shipped with unetflow).
+    diameter : float
+        Median object diameter in pixels; 0 lets the run choose (``auto`` for runs trained at one
+        object size).
+    tta : bool
+        Test-time flips.
+    tuned_thresholds : bool
+        Use the thresholds tuned for the run; otherwise `cellprob_threshold` and `flow_threshold`.
+    """
+    from .formats import flow_to_rgb
+    from .predict import load_run, predict_instances
+
+    data = np.asarray(getattr(image, "data", image))
+    name = getattr(image, "name", "image")
+    key = str(run)
+    if key not in _RUNS:
+        _RUNS[key] = load_run(run)
+    r = _RUNS[key]
+    overrides = {} if tuned_thresholds else {
+        k: v for k, v in (("cellprob_threshold", cellprob_threshold), ("flow_threshold", flow_threshold))
+        if k in {f for f in r.postprocess_config().__dataclass_fields__}}
+    labels, raw = predict_instances(r, data, diameter=diameter or None, tta=tta, **overrides)
+    size = f", diameter {raw['diameter']:.1f} px" if raw.get("diameter") else ""
+    layers = [(labels, {"name": f"{name} labels", "metadata": {"unetflow_run": key, "objects": int(labels.max())}},
+               "labels")]
+    if "flows" in raw:
+        layers.append((flow_to_rgb(raw["flows"]), {"name": f"{name} flows", "rgb": True, "visible": False}, "image"))
+    print(f"unetflow: {int(len(np.unique(labels)) - 1)} objects in {name}{size}")
+    return layers
+
+
+def read_outputs(path) -> list:
+    """Layer-data tuples of a Cellpose ``_seg.npy`` (masks, and flows when it has them) or of a
+    label TIFF written by ``unetflow predict``."""
+    from .io import read_labels
+
+    path = Path(path)
+    stem = path.name.removesuffix(".npy").removesuffix(".tif")
+    if path.name.endswith("_seg.npy"):
+        seg = np.load(path, allow_pickle=True).item()
+        if not isinstance(seg, dict) or "masks" not in seg:
+            raise ValueError(f"{path}: not a Cellpose _seg.npy (no 'masks')")
+        layers = [(np.asarray(seg["masks"]), {"name": stem}, "labels")]
+        flows = seg.get("flows")
+        if flows is not None and len(flows) and np.ndim(flows[0]) == 4:
+            layers.append((np.asarray(flows[0][0]), {"name": f"{stem} flows", "rgb": True, "visible": False},
+                           "image"))
+        return layers
+    return [(read_labels(path), {"name": stem}, "labels")]
+
+
+def get_reader(path):
+    """npe2 reader hook: a reader for one ``*_seg.npy``, ``*_labels.tif`` or ``*_masks.tif``, else None."""
+    if isinstance(path, (list, tuple)):
+        return None
+    name = str(path)
+    if name.endswith(("_seg.npy", "_labels.tif", "_masks.tif")):
+        return read_outputs
+    return None
