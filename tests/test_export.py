@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,3 +48,32 @@ def test_export_passes_bioimageio_test(tiny_flow, tmp_path, capsys):
 
     assert main(["export", str(run_dir), "--out", str(tmp_path / "model.tar")]) == 2
     assert ".zip" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_slim_run_serves_as_a_ready_model(tiny_flow, tmp_path, monkeypatch, capsys):
+    import unetflow.rundir as rundir
+    from unetflow.cli import main
+    from unetflow.io import read_labels
+    from unetflow.predict import predict_instances
+    from unetflow.synthetic import synthetic_nuclei
+
+    _, run_dir = tiny_flow
+    shelf = tmp_path / "pretrained"
+    assert main(["export", str(run_dir), "--out", str(shelf / "tiny"), "--format", "run"]) == 0
+    written = sorted(p.name for p in (shelf / "tiny").iterdir())
+    assert written == sorted({"best.keras", "config.yaml", "meta.json", "model.json", "state.json"}
+                             | {p.name for p in Path(run_dir).glob("thresholds.json")})
+    assert main(["export", str(run_dir), "--out", str(shelf / "tiny"), "--format", "run"]) == 2  # never overwrites
+    monkeypatch.setattr(rundir, "PRETRAINED_DIR", shelf)
+    assert rundir.pretrained() == ["tiny"]
+    img, _ = synthetic_nuclei(np.random.default_rng(2), (80, 80))
+    by_name, _ = predict_instances("tiny", img)
+    assert np.array_equal(by_name, predict_instances(str(run_dir), img)[0]) and by_name.max() > 0
+    import tifffile
+    tifffile.imwrite(tmp_path / "img.tif", img.astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "--model", "tiny", str(tmp_path / "img.tif"), "--out", str(tmp_path / "out")]) == 0
+    assert np.array_equal(read_labels(tmp_path / "out" / "img_labels.tif"), by_name)
+    assert main(["predict", "--model", "cells", str(tmp_path / "img.tif"), "--out", str(tmp_path / "o2")]) == 2
+    assert "no such ready model (installed: tiny)" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from . import __version__
 from .conventions import SPLITS
 from .formats import FORMATS
 from .hardware import INFERENCE_PRECISIONS, import_tensorflow
+from .rundir import pretrained
 from .tasks import TASKS
 
 
@@ -53,6 +54,12 @@ def _predict(args) -> int:
     from .predict import check_diameter, load_run, predict_instances
 
     diameter = check_diameter(args.diameter)  # before any work: a bad value is the user's error, not an image's
+    if args.model:  # every positional is an image
+        if args.model not in pretrained():
+            raise ValueError(f"--model {args.model}: no such ready model (installed: {', '.join(pretrained()) or 'none'})")
+        args.images, args.run_dir = [p for p in (args.run_dir, *args.images) if p], args.model
+    elif not args.run_dir:
+        raise ValueError("give a run directory or --model NAME")
     if args.out.rstrip("/").endswith(".zarr"):
         return _predict_big(args, diameter)
 
@@ -100,8 +107,11 @@ def _predict_big(args, diameter) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_bioimageio
+    from .export import export_bioimageio, export_run
 
+    if args.format == "run":
+        print(f"slim run directory: {Path(export_run(args.run_dir, args.out)).resolve()}")
+        return 0
     out = export_bioimageio(args.run_dir, args.out, name=args.name, authors=args.author or ("unetflow developers",))
     print(f"bioimage.io package: {Path(out).resolve()} (check it with: bioimageio test {out})")
     return 0
@@ -209,9 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "channels and architecture); train.init_from")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("predict", help="segment images with a trained run")
-    p.add_argument("run_dir")
+    p = sub.add_parser("predict", help="segment images with a trained run or a ready model",
+                       usage="unetflow predict (RUN_DIR | --model NAME) IMAGE... --out OUT [options]")
+    p.add_argument("run_dir", nargs="?", help="a trained run directory (or give --model)")
     p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--model", help="a ready model shipped with unetflow instead of a run directory: "
+                                   + (", ".join(pretrained()) or "none installed"))
     p.add_argument("--manifest", help="segment the images of a manifest instead (or as well)")
     p.add_argument("--split", choices=SPLITS, help="only this split of --manifest")
     p.add_argument("--data", help="data root of --manifest")
@@ -261,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a run as a bioimage.io model package (.zip)")
     p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="the package to write, MODEL.zip")
+    p.add_argument("--out", required=True, help="the package to write, MODEL.zip (a folder for --format run)")
+    p.add_argument("--format", choices=("bioimageio", "run"), default="bioimageio",
+                   help="bioimageio: a bioimage.io model package; run: a slim run directory with what prediction "
+                        "needs, as the ready models are shipped (default: %(default)s)")
     p.add_argument("--name", help="the model's name (default: the run's experiment name)")
     p.add_argument("--author", action="append", metavar="NAME", help="an author (repeatable)")
     p.set_defaults(func=_export)

@@ -29,7 +29,7 @@ from .io import atomic_write, read_image
 from .rundir import RunDir, read_run
 from .tasks import get_task
 
-__all__ = ["export_bioimageio", "FORMAT_VERSION"]
+__all__ = ["export_bioimageio", "export_run", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,4 +268,50 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
                     zf.write(tmp / f, f)
         atomic_write(out, write)
     logger.info("bioimage.io package of %s: %s", run.path, out)
+    return out
+
+
+def export_run(run_dir, out) -> Path:
+    """A slim copy of a run directory with what prediction needs: the inference-only model as
+    ``best.keras``, the config, meta (without local paths), model parameters, tuned thresholds and
+    test-split summaries.  This is how the ready models in ``unetflow/pretrained/`` are made.
+
+    Raises
+    ------
+    FileExistsError
+        If `out` exists.
+    """
+    import json
+
+    from .predict import load_run
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"--out {out}: exists; choose a new folder")
+    run = load_run(run_dir, precision="float32")
+    src = RunDir(run.path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dst = RunDir(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        _inference_copy(run.model).save(dst.model_file("best"))
+        for name in (src.CONFIG, src.MODEL_PARAMS, src.THRESHOLDS):
+            if (src / name).is_file():
+                shutil.copy2(src / name, dst / name)
+        meta = {k: v for k, v in run.meta.items() if k not in ("data_root",)}
+        meta["manifest"] = Path(meta.get("manifest", "")).name
+        meta["exported_from"] = run.path.name
+        dst.write_json(dst.META, meta)
+        state = src.read_json(src.STATE, {})
+        dst.write_json(dst.STATE, {k: state.get(k) for k in ("epochs_done", "best_epoch", "best_val_loss", "status")})
+        for folder in sorted(run.path.glob("eval_test*")):
+            if (folder / src.SUMMARY).is_file():
+                (tmp / folder.name).mkdir()
+                summary = json.loads((folder / src.SUMMARY).read_text())
+                RunDir(tmp / folder.name).write_json(src.SUMMARY, summary)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out

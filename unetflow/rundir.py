@@ -17,6 +17,10 @@
         summary.json, per_image.csv, labels/<image>.tif, raw/<image>.npz
 
 Every file is written under a temporary name and renamed (:func:`unetflow.io.atomic_write`).
+
+Ready models ship inside the package as slim run directories (``unetflow/pretrained/<name>/``: the
+inference-only model, config, meta, thresholds and the test scores); a run "directory" that is one
+of their names, :func:`pretrained`, and not a run directory of the user's, means that model.
 """
 from __future__ import annotations
 
@@ -25,7 +29,16 @@ from pathlib import Path
 
 from .io import atomic_write
 
-__all__ = ["RunDir", "read_run", "model_params"]
+__all__ = ["RunDir", "read_run", "model_params", "pretrained", "PRETRAINED_DIR"]
+
+#: Where the ready models live.
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def pretrained() -> list:
+    """The names of the ready models shipped with the package (e.g. ``["nuclei"]``)."""
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.yaml").is_file()) \
+        if PRETRAINED_DIR.is_dir() else []
 
 
 class RunDir:
@@ -56,7 +69,10 @@ class RunDir:
     REQUIRED = (CONFIG, META, STATE)
 
     def __init__(self, path):
-        self.path = Path(path)
+        path = Path(path)
+        if not (path / self.CONFIG).is_file() and str(path) in pretrained():
+            path = PRETRAINED_DIR / str(path)  # a ready model's name
+        self.path = path
 
     def __repr__(self):
         return f"RunDir({str(self.path)!r})"
@@ -88,7 +104,8 @@ class RunDir:
     def check(self) -> None:
         """Raise FileNotFoundError naming what is missing, unless this is a complete run directory."""
         if not self.path.is_dir():
-            raise FileNotFoundError(f"{self.path}: run directory not found")
+            raise FileNotFoundError(f"{self.path}: run directory not found (ready models: "
+                                    f"{', '.join(pretrained()) or 'none installed'})")
         missing = [f for f in self.REQUIRED if not (self.path / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{self.path}: not a complete unetflow run directory (missing {', '.join(missing)})")
