@@ -5,10 +5,13 @@ Python, hand it label files, and read back timings and results.  Usage:
 
     python _reference_worker.py flows LIST.txt OUT.npz
     python _reference_worker.py roundtrip LIST.txt OUT.npz
+    python _reference_worker.py masks LIST.txt OUT.npz
 
 ``flows``: cellpose's ``dynamics.masks_to_flows`` per label file.  ``roundtrip``: cellpose's
 ``dynamics.compute_masks`` on ``dP = 5 * flows`` (flows from unetflow, passed in the list as .npz
-files holding ``labels`` and ``flows``) with cellprob +10 inside / -10 outside.
+files holding ``labels`` and ``flows``) with cellprob +10 inside / -10 outside.  ``masks``:
+``dynamics.compute_masks`` on a network's own outputs (.npz files holding ``dP``, ``cellprob``,
+``flow_threshold``, ``cellprob_threshold`` and ``min_size``).
 """
 import sys
 import time
@@ -35,11 +38,16 @@ def main():
             results[f"f{k}"] = np.asarray(flows, np.float32)
         else:
             z = np.load(f)
-            labels, flows = z["labels"], z["flows"]
-            cellprob = np.where(labels > 0, 10.0, -10.0).astype(np.float32)
-            dP = 5.0 * flows
-            # the defaults of each version, but min_size 15 (cellpose 3 defaults to -1: no filling)
-            opts = dict(niter=200, flow_threshold=0.4, min_size=15)
+            if mode == "masks":
+                dP, cellprob = z["dP"], z["cellprob"]
+                opts = dict(niter=200, flow_threshold=float(z["flow_threshold"]),
+                            cellprob_threshold=float(z["cellprob_threshold"]), min_size=int(z["min_size"]))
+            else:
+                labels, flows = z["labels"], z["flows"]
+                cellprob = np.where(labels > 0, 10.0, -10.0).astype(np.float32)
+                dP = 5.0 * flows
+                # the defaults of each version, but min_size 15 (cellpose 3 defaults to -1: no filling)
+                opts = dict(niter=200, flow_threshold=0.4, min_size=15)
             if k == 0:
                 dynamics.compute_masks(dP, cellprob, **opts)
             t0 = time.perf_counter()
