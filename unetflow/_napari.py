@@ -8,6 +8,7 @@ Nothing here imports napari: the widget is a plain function that napari turns in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
@@ -16,9 +17,10 @@ __all__ = ["segment", "get_reader", "read_outputs"]
 _RUNS: dict = {}  # loaded models by (run, precision): a second click does not reload the network
 
 
+# typing.List in the return annotation: napari's return-type registry knows List[LayerDataTuple]
 def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float = 0.0, tta: bool = False,
             tuned_thresholds: bool = True, cellprob_threshold: float = 0.0,
-            flow_threshold: float = 0.4) -> "list[napari.types.LayerDataTuple]":
+            flow_threshold: float = 0.4) -> List["napari.types.LayerDataTuple"]:
     """Segment an image layer into a Labels layer (and, for a flow model, its flows as RGB).
 
     Parameters
