@@ -54,3 +54,30 @@ def test_widget_segments_an_image_layer(tiny_flow, capsys):
     # explicit thresholds instead of the tuned ones: a cellprob threshold above every logit finds nothing
     (none, _, _), _ = segment(layer, run=str(run_dir), tuned_thresholds=False, cellprob_threshold=1e6)
     assert none.max() == 0
+
+
+@pytest.mark.slow
+def test_inside_napari(tiny_flow, tmp_path):
+    """With napari installed (``pip install 'unetflow[napari]'``, its own environment): npe2 finds the
+    plugin, its reader opens a _seg.npy, and magicgui builds the widget's form, whose thresholds
+    accept negative logits."""
+    pytest.importorskip("napari")
+    import npe2
+    from magicgui import magicgui
+    from napari.layers import Image
+
+    from unetflow.flows import masks_to_flows
+
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    assert [w.display_name for w in pm.get_manifest("unetflow").contributions.widgets] == ["Segment (unetflow)"]
+    _, labels = synthetic_nuclei(np.random.default_rng(0), (64, 80))
+    write_outputs(tmp_path, "cells", labels, {"flows": 5 * masks_to_flows(labels), "cellprob": labels > 0}, ["cellpose"])
+    layers = npe2.read([str(tmp_path / "cells_seg.npy")], stack=False, plugin_name="unetflow")
+    assert [layer[2] for layer in layers] == ["labels", "image"]
+    gui = magicgui(segment)
+    gui.cellprob_threshold.value = -2.0
+    assert gui.cellprob_threshold.value == -2.0
+    img, _ = synthetic_nuclei(np.random.default_rng(1), (96, 96))
+    out = gui(image=Image(img, name="cells"), run=str(tiny_flow[1]))
+    assert [(d[1]["name"], d[2]) for d in out] == [("cells labels", "labels"), ("cells flows", "image")]

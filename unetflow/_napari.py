@@ -3,12 +3,13 @@ image layer with a trained run or the shipped ``nuclei`` model, and a reader for
 ``_seg.npy`` files and unetflow's label TIFFs.
 
 Nothing here imports napari: the widget is a plain function that napari turns into a form
-(``autogenerate``), and its result is a list of layer-data tuples, so it also runs headless.
+(``autogenerate``), and its result is a list of layer-data tuples, so it also runs headless.  (No
+``from __future__ import annotations``: magicgui reads the ``Annotated`` widget options from the
+live annotations.)
 """
-from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Annotated, List
 
 import numpy as np
 
@@ -19,8 +20,10 @@ _RUNS: dict = {}  # loaded models by (run, precision): a second click does not r
 
 # typing.List in the return annotation: napari's return-type registry knows List[LayerDataTuple]
 def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float = 0.0, tta: bool = False,
-            tuned_thresholds: bool = True, cellprob_threshold: float = 0.0,
-            flow_threshold: float = 0.4) -> List["napari.types.LayerDataTuple"]:
+            tuned_thresholds: bool = True,
+            cellprob_threshold: Annotated[float, {"min": -20.0, "max": 20.0, "step": 0.25}] = 0.0,
+            flow_threshold: Annotated[float, {"min": 0.0, "max": 5.0, "step": 0.1}] = 0.4,
+            ) -> List["napari.types.LayerDataTuple"]:
     """Segment an image layer into a Labels layer (and, for a flow model, its flows as RGB).
 
     Parameters
@@ -35,7 +38,8 @@ def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float =
     tta : bool
         Test-time flips.
     tuned_thresholds : bool
-        Use the thresholds tuned for the run; otherwise `cellprob_threshold` and `flow_threshold`.
+        Use the thresholds tuned for the run; otherwise `cellprob_threshold` (a logit, so negative
+        values are allowed) and `flow_threshold`.
     """
     from .formats import flow_to_rgb
     from .predict import load_run, predict_instances
