@@ -53,12 +53,12 @@ def _sha256(path) -> str:
 def _test_image(run, side: int):
     """A raw grey test image from the run's own data: the first val image whose background is dark
     (the one polarity the package's pre-processing reproduces), cropped to `side` px."""
+    from .evaluate import _split_files
     from .preprocess import _channels, input_stats
-    from .train import resolve_data
 
     cfg = run.config
     try:
-        images = resolve_data(cfg).splits["val"][0]
+        images = _split_files(run, "val")[0]  # the manifest and data root the run was trained with
     except (OSError, ValueError) as exc:
         raise ValueError(f"export needs the run's own data for its test tensors: {exc}") from None
     for path in images:
@@ -122,7 +122,7 @@ def _documentation(run, task, params, name: str, scores: dict | None) -> str:
     lines = [
         f"# {name}", "",
         f"A {cfg.model.depth}-level, {cfg.model.base_filters}-filter U-Net trained with "
-        f"[unetflow](https://github.com/unetflow/unetflow) {__version__} for instance segmentation with "
+        f"unetflow {__version__} for instance segmentation with "
         f"{task.name} labels (run `{run.path.name}`).", "",
         "## Input", "",
         f"One grey channel, `(batch, y, x, 1)`, y and x multiples of {params['input_multiple']}. The package "
@@ -136,7 +136,7 @@ def _documentation(run, task, params, name: str, scores: dict | None) -> str:
         "objects have that size (`unetflow predict --diameter auto` estimates it)." if d else "", "",
         "## Output", "", f"`(batch, y, x, {task.channels})`, channels `{', '.join(task.channel_names)}`. "
         + task.output_doc, "",
-        "Post-processing thresholds tuned on the validation split: "
+        "Post-processing options (its thresholds tuned on the validation split): "
         + ", ".join(f"`{k} = {v}`" for k, v in sorted(dataclasses.asdict(pp).items())) + ".", "",
         "With unetflow: `unetflow predict RUN_OR_MODEL image.tif --out out/` does all of the above.", "",
     ]
