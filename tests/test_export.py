@@ -77,3 +77,40 @@ def test_slim_run_serves_as_a_ready_model(tiny_flow, tmp_path, monkeypatch, caps
     assert np.array_equal(read_labels(tmp_path / "out" / "img_labels.tif"), by_name)
     assert main(["predict", "--model", "cells", str(tmp_path / "img.tif"), "--out", str(tmp_path / "o2")]) == 2
     assert "no such ready model (installed: tiny)" in capsys.readouterr().err
+
+
+def test_the_ready_nuclei_model_ships():
+    """``nuclei`` is in the package, small, and a complete slim run directory."""
+    import unetflow.rundir as rundir
+
+    assert "nuclei" in rundir.pretrained()
+    folder = rundir.PRETRAINED_DIR / "nuclei"
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 10 * 2 ** 20, f"{size / 2 ** 20:.1f} MB"
+    config, meta, state = rundir.read_run("nuclei")
+    assert config.model.task == "flow" and tuple(config.data.train_splits) == ("train", "val")
+    assert meta["train_median_diameter"] > 0 and state["status"] == "finished"
+    assert rundir.RunDir("nuclei").thresholds()  # tuned on val
+
+
+@pytest.mark.slow
+def test_nuclei_model_segments_real_nuclei_with_no_training(dsb_root, tmp_path):
+    """``unetflow predict --model nuclei`` in a fresh process, on real DSB test-split images."""
+    import os
+    import sys
+
+    import pandas as pd
+
+    from unetflow.io import read_labels
+    from unetflow.metrics import matching_dataset
+
+    table = pd.read_csv(Path(__file__).resolve().parent.parent / "data_manifest.csv")
+    rows = table[(table["split"] == "test") & (table["modality"] == "fluorescence")].iloc[:3]
+    images = [str(dsb_root / p) for p in rows["image"]]
+    res = subprocess.run([sys.executable, "-m", "unetflow.cli", "predict", "--model", "nuclei", *images,
+                          "--out", str(tmp_path)], capture_output=True, text=True, env={**os.environ},
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    truths = [read_labels(dsb_root / p) for p in rows["label"]]
+    preds = [read_labels(tmp_path / f"{Path(p).stem}_labels.tif") for p in rows["image"]]
+    assert matching_dataset(truths, preds, [0.5])[0].ap > 0.6

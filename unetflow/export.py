@@ -317,6 +317,8 @@ def export_run(run_dir, out) -> Path:
             if (folder / src.SUMMARY).is_file():
                 (tmp / folder.name).mkdir()
                 summary = json.loads((folder / src.SUMMARY).read_text())
+                for local in ("run", "out", "images"):  # this machine's paths, and per-image rows
+                    summary.pop(local, None)
                 RunDir(tmp / folder.name).write_json(src.SUMMARY, summary)
         tmp.rename(out)
     except BaseException:
