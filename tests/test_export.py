@@ -41,7 +41,9 @@ def test_export_passes_bioimageio_test(tiny_flow, tmp_path, capsys):
     if bioimageio is None:
         pytest.skip("bioimageio.core is not installed (pip install 'unetflow[export]')")
     summary = tmp_path / "summary.json"
-    res = subprocess.run([bioimageio, "test", str(out), "--summary", str(summary)], capture_output=True, text=True)
+    # in tmp_path: bioimageio test unpacks the SavedModel weights into its working directory
+    res = subprocess.run([bioimageio, "test", str(out), "--summary", str(summary)], capture_output=True, text=True,
+                         cwd=tmp_path)
     result = json.loads(summary.read_text())
     failed = [d["name"] for d in result["details"] if d["status"] == "failed"]
     assert result["status"] == "passed" and res.returncode == 0, failed
