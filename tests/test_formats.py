@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from unetflow.formats import FORMATS, cellpose_seg, flow_to_rgb, write_outputs
+from unetflow.flows import flows_to_rgb
+from unetflow.formats import FORMATS, cellpose_seg, write_outputs
 from unetflow.synthetic import synthetic_nuclei
 
 from conftest import random_labels
@@ -103,7 +104,7 @@ def test_ome_zarr_labels_read_by_ome_zarr_py(tmp_path):
 
 def test_flow_colours_and_bad_format(tmp_path):
     yy, xx = np.mgrid[-8:9, -8:9].astype(np.float32)
-    rgb = flow_to_rgb(np.stack([yy, xx]))
+    rgb = flows_to_rgb(np.stack([yy, xx]))
     assert rgb.shape == (17, 17, 3) and rgb[8, 8].max() == 0  # no flow, black
     assert len({tuple(rgb[0, 8]), tuple(rgb[16, 8]), tuple(rgb[8, 0]), tuple(rgb[8, 16])}) == 4  # four directions
     with pytest.raises(ValueError, match="unknown output format.*tiff"):

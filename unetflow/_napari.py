@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = ["segment", "get_reader", "read_outputs"]
 
-_RUNS: dict = {}  # loaded models by (run, precision): a second click does not reload the network
+_RUNS: dict = {}  # loaded runs by name or path: a second click does not reload the network
 
 
 # typing.List in the return annotation: napari's return-type registry knows List[LayerDataTuple]
@@ -41,7 +41,7 @@ def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float =
         Use the thresholds tuned for the run; otherwise `cellprob_threshold` (a logit, so negative
         values are allowed) and `flow_threshold`.
     """
-    from .formats import flow_to_rgb
+    from .flows import flows_to_rgb
     from .predict import load_run, predict_instances
 
     data = np.asarray(getattr(image, "data", image))
@@ -50,16 +50,17 @@ def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float =
     if key not in _RUNS:
         _RUNS[key] = load_run(run)
     r = _RUNS[key]
+    options = r.postprocess_config()
     overrides = {} if tuned_thresholds else {
         k: v for k, v in (("cellprob_threshold", cellprob_threshold), ("flow_threshold", flow_threshold))
-        if k in {f for f in r.postprocess_config().__dataclass_fields__}}
+        if hasattr(options, k)}  # a boundary model has neither
     labels, raw = predict_instances(r, data, diameter=diameter or None, tta=tta, **overrides)
     size = f", diameter {raw['diameter']:.1f} px" if raw.get("diameter") else ""
-    layers = [(labels, {"name": f"{name} labels", "metadata": {"unetflow_run": key, "objects": int(labels.max())}},
-               "labels")]
+    n_objects = int(np.count_nonzero(np.unique(labels)))
+    layers = [(labels, {"name": f"{name} labels", "metadata": {"unetflow_run": key, "objects": n_objects}}, "labels")]
     if "flows" in raw:
-        layers.append((flow_to_rgb(raw["flows"]), {"name": f"{name} flows", "rgb": True, "visible": False}, "image"))
-    print(f"unetflow: {int(len(np.unique(labels)) - 1)} objects in {name}{size}")
+        layers.append((flows_to_rgb(raw["flows"]), {"name": f"{name} flows", "rgb": True, "visible": False}, "image"))
+    print(f"unetflow: {n_objects} objects in {name}{size}")
     return layers
 
 

@@ -20,32 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .flows import flows_to_rgb
 from .io import atomic_write, write_labels
 
-__all__ = ["FORMATS", "write_outputs", "flow_to_rgb", "cellpose_seg", "label_polygons", "write_rois",
+__all__ = ["FORMATS", "write_outputs", "cellpose_seg", "label_polygons", "write_rois",
            "write_ome_zarr_labels", "create_ome_zarr_labels"]
 
 #: Output formats of ``unetflow predict --formats``.
 FORMATS = ("labels", "cellpose", "rois", "ome-zarr")
-
-
-def flow_to_rgb(flows) -> np.ndarray:
-    """Flows (2, H, W) as an RGB image: hue is the direction, brightness the magnitude.
-
-    The colour wheel of Cellpose's ``plot.dx_to_circ`` (so a ``_seg.npy`` looks as Cellpose's own
-    in its GUI): the magnitude is scaled to its 1-99th percentile range.
-
-    Returns
-    -------
-    (H, W, 3) uint8 array
-    """
-    flows = np.asarray(flows, np.float32)
-    mag = np.sqrt((flows ** 2).sum(0))
-    lo, hi = np.percentile(mag, [1, 99])
-    mag = 255 * np.clip((mag - lo) / max(hi - lo, 1e-6), 0, 1) / 2
-    angle = np.arctan2(flows[1], flows[0]) + np.pi
-    rgb = [mag * (np.cos(angle + k * 2 * np.pi / 3) + 1) for k in range(3)]
-    return np.clip(np.stack(rgb, -1), 0, 255).astype(np.uint8)
 
 
 def _outlines(labels) -> np.ndarray:
@@ -80,7 +62,7 @@ def cellpose_seg(labels, raw: dict, filename, diameter=None) -> dict:
         lo, hi = np.percentile(cellprob, [1, 99])
         prob8 = (np.clip((cellprob - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
         # [RGB flows, cellprob as uint8, (3D z-flow: none), (no trajectories), dP and cellprob as floats]
-        seg["flows"] = [flow_to_rgb(dP)[None], prob8[None], np.zeros((1, *labels.shape, 3), np.uint8), [],
+        seg["flows"] = [flows_to_rgb(dP)[None], prob8[None], np.zeros((1, *labels.shape, 3), np.uint8), [],
                         np.concatenate([dP, cellprob[None]], 0)]
     return seg
 
