@@ -23,7 +23,7 @@ class Task:
     name : str
         The ``model.task`` value of configs and the key of :data:`unetflow.tasks.TASKS`.
     channels : int
-        Channels of the target and of the network's output.
+        Channels of the target and of the network's output: one per name in ``channel_names``.
     kinds : dict
         The cached target arrays this task's target is made from, and how augmentation resamples
         each: ``"linear"`` (bilinear: smooth scalar maps), ``"nearest"`` (classes, masks) or
@@ -47,7 +47,6 @@ class Task:
     """
 
     name = ""
-    channels = 3
     kinds: dict = {}
     version = "1"
     postprocess_class: type = None
@@ -56,6 +55,11 @@ class Task:
     recommended: tuple = ()
     channel_names: tuple = ()
     output_doc = ""
+
+    @property
+    def channels(self) -> int:
+        """Output channels of the network (one per name in :attr:`channel_names`)."""
+        return len(self.channel_names)
 
     def __repr__(self):
         return f"<task {self.name!r}: {self.channels} channels>"

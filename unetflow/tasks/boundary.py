@@ -14,7 +14,6 @@ class BoundaryTask(Task):
     """Target: one-hot classes; output: class logits (tiles are blended as probabilities)."""
 
     name = "boundary"
-    channels = N_BOUNDARY_CLASSES
     channel_names = ("background", "interior", "boundary")
     output_doc = (
         "Three class logits per pixel, in the order background, interior, boundary (the BBBC nucleus "

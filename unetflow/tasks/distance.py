@@ -119,7 +119,6 @@ class DistanceTask(Task):
     """Target ``[distance, cellprob]``; output ``[distance x DISTANCE_SCALE, cellprob_logit]``."""
 
     name = "distance"
-    channels = 2
     channel_names = ("distance", "cellprob")
     output_doc = (
         "Channel 0 is each object's normalised Euclidean distance transform (1 at its centre, 0 at its "

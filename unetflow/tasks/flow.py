@@ -14,7 +14,6 @@ class FlowTask(Task):
     """Target ``[dy, dx, cellprob]`` (unit flows); output ``[dy, dx, cellprob_logit]`` (flows x5)."""
 
     name = "flow"
-    channels = 3
     channel_names = ("flow_y", "flow_x", "cellprob")
     output_doc = (
         "Channel 0 and 1 are the flows, y then x: the unit vector field of each object's heat-diffusion "
