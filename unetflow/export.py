@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ import tifffile
 import yaml
 
 from . import __version__
-from .io import atomic_write, read_image
+from .io import atomic_write, hash_file, read_image
 from .rundir import RunDir, read_run
 from .tasks import get_task
 
@@ -43,11 +42,6 @@ CITATIONS = [
     {"text": "Caicedo et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
              "Nature Methods 16, 1247-1253 (2019)", "doi": "10.1038/s41592-019-0612-7"},
 ]
-
-
-def _sha256(path) -> str:
-    from .io import hash_file
-    return hash_file(path, hashlib.sha256()).hexdigest()
 
 
 def _test_image(run, side: int):
@@ -215,7 +209,7 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
         space = {"min": m, "step": m}
 
         def file(name):
-            return {"source": name, "sha256": _sha256(tmp / name)}
+            return {"source": name, "sha256": hash_file(tmp / name).hexdigest()}
 
         rdf = {
             "format_version": FORMAT_VERSION, "type": "model", "name": name,
@@ -245,11 +239,10 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
                 "test_tensor": file("test_output.npy"), "sample_tensor": file("sample_output.tif"),
                 "data": {"type": "float32"}}],
             "weights": {
-                "keras_v3": {"source": "model.keras", "sha256": _sha256(tmp / "model.keras"),
-                             "keras_version": keras.__version__, "backend": ["tensorflow", tf.__version__]},
+                "keras_v3": {**file("model.keras"), "keras_version": keras.__version__,
+                             "backend": ["tensorflow", tf.__version__]},
                 "tensorflow_saved_model_bundle": {
-                    "source": "tf_saved_model.zip", "sha256": _sha256(tmp / "tf_saved_model.zip"),
-                    "tensorflow_version": tf.__version__, "parent": "keras_v3"}},
+                    **file("tf_saved_model.zip"), "tensorflow_version": tf.__version__, "parent": "keras_v3"}},
             "config": {"unetflow": {
                 "version": __version__, "task": task.name, "run": run.path.name,
                 "input": {"grey": run.config.input.grey, "invert_bright_background":
