@@ -93,6 +93,12 @@ def test_the_ready_nuclei_model_ships():
     assert config.model.task == "flow" and tuple(config.data.train_splits) == ("train", "val")
     assert meta["train_median_diameter"] > 0 and state["status"] == "finished"
     assert rundir.RunDir("nuclei").thresholds()  # tuned on val
+    # a starting point for fine-tuning, by name
+    from unetflow.config import load_config
+    from unetflow.train import _init_source
+    repo = Path(__file__).resolve().parent.parent
+    init = _init_source(load_config(repo / "experiments" / "dsb2018_flow.yaml", ["train.init_from=nuclei"]))
+    assert Path(init["run"]) == folder.resolve() and init["model"] == "best.keras"
 
 
 @pytest.mark.slow

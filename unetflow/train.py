@@ -291,8 +291,9 @@ def _init_source(config: ExperimentConfig) -> dict | None:
     src = config.train.init_from
     if not src:
         return None
-    src_config, _, src_state = read_run(src)  # names the missing directory or file
-    model_file = RunDir(src).model_file("best")
+    rd = RunDir(src)  # a run directory, or the name of a ready model
+    src_config, _, src_state = read_run(rd.path)  # names the missing directory or file
+    model_file = rd.model_file("best")
     if not model_file.is_file():
         raise FileNotFoundError(f"train.init_from: {model_file} does not exist; was {src} trained?")
     mine, theirs = config.model, src_config.model
@@ -304,7 +305,7 @@ def _init_source(config: ExperimentConfig) -> dict | None:
             raise ValueError(f"train.init_from: {src} has {key} = {b!r}, this config {a!r}; fine-tuning needs the "
                              "same task, input channels and architecture")
     from .io import hash_file
-    return {"run": str(Path(src).resolve()), "model": model_file.name, "sha256": hash_file(model_file).hexdigest(),
+    return {"run": str(rd.path.resolve()), "model": model_file.name, "sha256": hash_file(model_file).hexdigest(),
             "epochs_done": src_state.get("epochs_done"), "freeze_encoder_steps": config.train.freeze_encoder_steps}
 
 
@@ -446,7 +447,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
                               metrics=task.metrics())
                 if init:
                     from .models import load_model
-                    model.set_weights(load_model(RunDir(t.init_from).model_file("best")).get_weights())
+                    model.set_weights(load_model(Path(init["run"]) / init["model"]).get_weights())  # the file hashed
             if t.freeze_encoder_steps and int(model.optimizer.iterations.numpy()) < t.freeze_encoder_steps:
                 # the optimizer knows every variable before some are frozen, so releasing them later
                 # needs no new optimizer (and keeps its schedule and moments)
