@@ -26,8 +26,9 @@ FLOWS_ALGORITHM_VERSION = "seed2020-1"
 
 
 @numba.njit(cache=True, nogil=True)
-def _object_flow(masks, label, r0, r1, c0, c1, mu):
-    """Diffuse heat in one object (bounding box ``[r0:r1, c0:c1]``) and write its raw gradient.
+def _object_flow(masks, label, r0, r1, c0, c1, mu, normalize):
+    """Diffuse heat in one object (bounding box ``[r0:r1, c0:c1]``) and write its gradient into
+    `mu` (whose dtype it is cast to): raw, or made a unit vector with `normalize`.
 
     A line-by-line equivalent of Cellpose 2020's per-object loop body, including its flat-index
     arithmetic with row stride ``lx`` (see the module docstring).
@@ -63,45 +64,70 @@ def _object_flow(masks, label, r0, r1, c0, c1, mu):
     xmed = x[imin]
     niter = 2 * ((x.max() - x.min()) + (y.max() - y.min()))
 
-    T = np.zeros((ly + 2) * (lx + 2), np.float64)
-    tnew = np.empty(n, np.float64)
+    # Dense Jacobi sweeps over the box instead of the reference's gather over the object's pixel
+    # list: contiguous loads let LLVM vectorise the stencil.  `inside` (1 on the object, 0 elsewhere)
+    # zeroes what the reference never writes; the sum keeps the reference's order, so the result is
+    # bit for bit the same.  Heat spreads one pixel a sweep from the centre, and outside that
+    # square everything is still exactly 0, so each sweep covers only the square.  (Column 0 of
+    # the stride-lx buffer is never an object pixel: it is the zero border on both sides.)
+    size = (ly + 2) * (lx + 2)
+    T = np.zeros(size, np.float64)
+    Tn = np.zeros(size, np.float64)
+    inside = np.zeros(size, np.float64)
+    for j in range(n):
+        inside[y[j] * lx + x[j]] = 1.0
     centre = ymed * lx + xmed
-    for _ in range(niter):
+    ninth = 1.0 / 9.0
+    for t in range(niter):
         T[centre] += 1.0
-        # Jacobi update: every new value is computed from the old field, summed in the
-        # reference code's order so that the result matches NumPy's vectorised expression bit for bit.
-        for j in range(n):
-            i = y[j] * lx + x[j]
-            tnew[j] = (1.0 / 9.0) * (T[i] + T[i - lx] + T[i + lx] + T[i - 1] + T[i + 1]
-                                     + T[i - lx - 1] + T[i - lx + 1] + T[i + lx - 1]
-                                     + T[i + lx + 1])
-        for j in range(n):
-            T[y[j] * lx + x[j]] = tnew[j]
+        ya = max(1, ymed - t - 1)
+        yb = min(ly - 1, ymed + t + 1)
+        xa = max(1, xmed - t - 1)
+        xb = min(lx - 1, xmed + t + 1)
+        w = xb - xa + 1
+        for r in range(ya, yb + 1):
+            # row slices indexed from 0: no negative indices, which keeps the loop vectorisable
+            o = r * lx + xa
+            up = T[o - lx - 1:o - lx + w + 1]
+            mid = T[o - 1:o + w + 1]
+            down = T[o + lx - 1:o + lx + w + 1]
+            ins = inside[o:o + w]
+            out = Tn[o:o + w]
+            for k in range(w):
+                out[k] = ins[k] * (ninth * (mid[k + 1] + up[k + 1] + down[k + 1] + mid[k] + mid[k + 2]
+                                            + up[k] + up[k + 2] + down[k] + down[k + 2]))
+        T, Tn = Tn, T
     for j in range(n):
         i = (y[j] + 1) * lx + x[j] + 1
         T[i] = np.log(1.0 + T[i])
     for j in range(n):
-        mu[0, r0 + y[j] - 1, c0 + x[j] - 1] = T[(y[j] + 1) * lx + x[j]] - T[(y[j] - 1) * lx + x[j]]
-        mu[1, r0 + y[j] - 1, c0 + x[j] - 1] = T[y[j] * lx + x[j] + 1] - T[y[j] * lx + x[j] - 1]
+        gy = T[(y[j] + 1) * lx + x[j]] - T[(y[j] - 1) * lx + x[j]]
+        gx = T[y[j] * lx + x[j] + 1] - T[y[j] * lx + x[j] - 1]
+        if normalize:  # the seed's mu / (1e-20 + |mu|), in its order of operations
+            norm = 1e-20 + np.sqrt(gy * gy + gx * gx)
+            gy /= norm
+            gx /= norm
+        mu[0, r0 + y[j] - 1, c0 + x[j] - 1] = gy
+        mu[1, r0 + y[j] - 1, c0 + x[j] - 1] = gx
 
 
 @numba.njit(cache=True, parallel=True)
-def _flows_2d(masks, boxes, order, nthreads):
-    """Raw (unnormalised) gradients of all objects; objects are spread over threads round-robin.
+def _flows_2d(masks, boxes, order, nthreads, mu, normalize):
+    """Gradients of all objects into `mu`; objects are spread over threads round-robin.
 
     ``order`` lists object indices from the most to the least expensive, so dealing them out
     round-robin balances the threads even when a few objects dominate the cost.
     """
-    mu = np.zeros((2, masks.shape[0], masks.shape[1]), np.float64)
     for t in numba.prange(nthreads):
         for k in range(t, order.shape[0], nthreads):
             i = order[k]
-            _object_flow(masks, i + 1, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], mu)
+            _object_flow(masks, i + 1, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], mu, normalize)
     return mu
 
 
-def _raw_gradients_2d(masks: np.ndarray) -> np.ndarray:
-    """(2, H, W) float64 gradients of log(1 + T) of validated 2-D int32 labels, before normalisation."""
+def _gradients_2d(masks: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """(2, H, W) gradients of log(1 + T) of validated 2-D int32 labels: float32 unit vectors, or
+    with ``normalize=False`` the raw float64 gradients."""
     slices = ndimage.find_objects(masks)
     boxes = np.zeros((len(slices), 4), np.int64)
     present = []
@@ -115,14 +141,8 @@ def _raw_gradients_2d(masks: np.ndarray) -> np.ndarray:
     w = boxes[present, 3] - boxes[present, 2]
     order = present[np.argsort(-(h + w) * h * w, kind="stable")]
     nthreads = max(1, min(numba.get_num_threads(), len(order)))
-    return _flows_2d(masks, boxes, order, nthreads)
-
-
-def _masks_to_flows_2d(masks: np.ndarray) -> np.ndarray:
-    """(2, H, W) float64 unit flows of validated 2-D int32 labels."""
-    mu = _raw_gradients_2d(masks)
-    mu /= 1e-20 + (mu ** 2).sum(axis=0) ** 0.5
-    return mu
+    mu = np.zeros((2,) + masks.shape, np.float32 if normalize else np.float64)
+    return _flows_2d(masks, boxes, order, nthreads, mu, normalize)
 
 
 def masks_to_flows(masks) -> np.ndarray:
@@ -159,15 +179,15 @@ def masks_to_flows(masks) -> np.ndarray:
     """
     masks = check_labels(masks, "masks", ndim=(2, 3))
     if masks.ndim == 2:
-        return _masks_to_flows_2d(masks).astype(np.float32)
+        return _gradients_2d(masks)
     nz, ny, nx = masks.shape
     mu = np.zeros((3, nz, ny, nx), np.float32)
     for z in range(nz):
-        mu[[1, 2], z] += _masks_to_flows_2d(masks[z]).astype(np.float32)
+        mu[[1, 2], z] += _gradients_2d(masks[z])
     for y in range(ny):
-        mu[[0, 2], :, y] += _masks_to_flows_2d(np.ascontiguousarray(masks[:, y])).astype(np.float32)
+        mu[[0, 2], :, y] += _gradients_2d(np.ascontiguousarray(masks[:, y]))
     for x in range(nx):
-        mu[[0, 1], :, :, x] += _masks_to_flows_2d(np.ascontiguousarray(masks[:, :, x])).astype(np.float32)
+        mu[[0, 1], :, :, x] += _gradients_2d(np.ascontiguousarray(masks[:, :, x]))
     return mu
 
 
