@@ -94,6 +94,54 @@ def test_get_masks_matches_seed_code():
         np.testing.assert_array_equal(ours, ref)
 
 
+def test_get_masks_matches_seed_code_on_clustered_end_points():
+    # end points in tight clusters, many at the image border: peaks whose 5x5 window is clipped,
+    # seeds that overwrite each other, pixels outside the cells counted at their own place
+    rng = np.random.default_rng(5)
+    for k in range(20):
+        shape = (30 + k, 41)
+        centres = rng.uniform(0, 1, (8, 2)) * (np.array(shape) - 1)
+        centres[:3, k % 2] = 0  # on the border
+        which = rng.integers(0, len(centres), shape)
+        p = np.clip(np.moveaxis(centres[which], -1, 0) + rng.normal(0, 0.8, (2,) + shape),
+                    0, np.array(shape)[:, None, None] - 1).astype(np.float32)
+        iscell = rng.random(shape) < 0.8
+        np.testing.assert_array_equal(get_masks(p, iscell, seed_threshold=4),
+                                      seed_reference.get_masks(p, iscell, seed_threshold=4))
+
+
+def _fill_holes_reference(masks, min_size):
+    """Object by object with scipy, in id order (what unetflow did before its numba kernel)."""
+    from scipy import ndimage
+
+    out = np.zeros_like(masks)
+    j = 0
+    for i, slc in enumerate(ndimage.find_objects(masks)):
+        if slc is not None and (msk := masks[slc] == i + 1).sum() >= max(min_size, 1):
+            j += 1
+            out[slc][ndimage.binary_fill_holes(msk)] = j
+    return out
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_fill_holes_matches_scipy_with_nested_objects(ndim):
+    from unetflow.postprocess import fill_holes_and_remove_small_masks
+
+    rng = np.random.default_rng(ndim)
+    shape = (40, 50) if ndim == 2 else (12, 16, 18)
+    grid = np.indices(shape)
+    for _ in range(60):
+        masks = np.zeros(shape, np.int32)
+        for _ in range(rng.integers(1, 12)):  # discs and rings (holes), later ones over earlier ones
+            dist = np.sqrt(sum((g - rng.integers(0, s)) ** 2 for g, s in zip(grid, shape)))
+            r = rng.integers(2, 9)
+            shape_mask = (dist < r) & (dist >= r - rng.integers(1, 3)) if rng.random() < 0.5 else dist < r
+            masks[shape_mask] = rng.integers(1, 40)
+        min_size = int(rng.integers(0, 30))
+        np.testing.assert_array_equal(fill_holes_and_remove_small_masks(masks, min_size),
+                                      _fill_holes_reference(masks, min_size))
+
+
 def test_round_trip_synthetic_touching_objects():
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:96, :96]
