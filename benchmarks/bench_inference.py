@@ -2,14 +2,15 @@
 the CPU's matmul peak, and the post-processing against Cellpose 3's on the same outputs.
 
     python benchmarks/bench_inference.py RUN_DIR [RUN_DIR ...] [--split test] [--limit 30]
-        [--tile-size 512] [--precision auto] [--cellpose3 /opt/ref/cp3/bin/python]
+        [--tile-size 1024] [--precision auto] [--cellpose3 /opt/ref/cp3/bin/python]
 
 Tables, in one run:
 
 1. the machine: CPU flags that matter, and the matmul peak (GFLOP/s) in float32 and bfloat16;
-2. per run, on the first ``--limit`` images of the split: seconds per megapixel of the network inside
-   ``predict`` (tiling, padding, blending included) and of the post-processing, and the GFLOP/s the
-   network achieves there;
+2. per run, on the first ``--limit`` images of the split (read beforehand): seconds per megapixel of
+   the network inside ``predict`` (all images streamed through ``predict_raw_many`` as ``evaluate``
+   does: tiling, padding, batching and blending included) and of the post-processing, and the
+   GFLOP/s the network achieves there;
 3. per run: the bare forward pass, one batch of 8 x 256² through a ``tf.function``, in s/Mpx and
    GFLOP/s, and the ratio predict / bare (the issue-14 target is <= 1.2);
 4. with ``--cellpose3``, for flow runs: ``compute_masks`` (the run's mode and thresholds) and Cellpose
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from common import print_table, run_reference
+from unetflow.conventions import DEFAULT_TILE
 
 
 def conv_flops_per_pixel(model) -> float:
@@ -79,19 +81,20 @@ def main():
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=30)
-    ap.add_argument("--tile-size", type=int, default=512)
+    ap.add_argument("--tile-size", type=int, default=DEFAULT_TILE)
     ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--cellpose3", help="python of a venv with cellpose 3.x: compare the post-processing")
     args = ap.parse_args()
 
     from unetflow.evaluate import _split_files
-    from unetflow.hardware import cpu_flags, inference_policy
+    from unetflow.hardware import cpu_flags, import_tensorflow, inference_policy
     from unetflow.io import read_image, read_labels
     from unetflow.metrics import matching_dataset
-    from unetflow.predict import load_run, predict_raw, raw_to_labels
+    from unetflow.predict import load_run, predict_raw, predict_raw_many, raw_to_labels
     from unetflow.preprocess import prepare_image
     from unetflow.tasks.flow import split_flow_outputs
 
+    import_tensorflow()  # without its start-up lines
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512_bf16", "amx", "avx512f", "avx2")))
     print(f"\nCPU flags: {' '.join(flags)}; inference precision {args.precision} -> "
           f"{inference_policy(args.precision)}\n")
@@ -104,24 +107,21 @@ def main():
         images, labels = (files[: args.limit + 1] for files in _split_files(run, args.split)[:2])
         config = run.postprocess_config()
         flops = conv_flops_per_pixel(run.model)
-        t_net = t_post = mpx = 0.0
-        raws, truths, preds = [], [], []
-        for k, (path, lab) in enumerate(zip(images, labels)):
-            x = prepare_image(read_image(path), run.config.input)
-            t0 = time.perf_counter()
-            raw = predict_raw(run.model, x, task=run.task, tile_size=args.tile_size)
-            t1 = time.perf_counter()
-            pred = raw_to_labels(raw, run.task, config)
-            t2 = time.perf_counter()
-            if k:  # the first image warms up TensorFlow and numba
-                t_net += t1 - t0
-                t_post += t2 - t1
-                mpx += x.shape[0] * x.shape[1] / 1e6
-                raws.append(raw)
-                truths.append(read_labels(lab))
-                preds.append(pred)
+        # images read and prepared outside the timing; the first one warms up TensorFlow and numba
+        xs = [prepare_image(read_image(path), run.config.input) for path in images]
+        raw = predict_raw(run.model, xs[0], task=run.task, tile_size=args.tile_size)
+        raw_to_labels(raw, run.task, config)
+        xs = xs[1:]
+        truths = [read_labels(lab) for lab in labels[1:]]
+        mpx = sum(x.shape[0] * x.shape[1] for x in xs) / 1e6
+        t0 = time.perf_counter()  # the network inside predict: all images streamed, as evaluate does
+        raws = list(predict_raw_many(run.model, [(x, 1.0) for x in xs], task=run.task, tile_size=args.tile_size))
+        t_net = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        preds = [raw_to_labels(raw, run.task, config) for raw in raws]
+        t_post = time.perf_counter() - t0
         name = f"{run.path.name} ({run.task})"
-        rows.append([name, len(images) - 1, f"{mpx:.2f}", f"{t_net / mpx:.2f}", f"{flops * 1e6 * mpx / t_net / 1e9:.0f}",
+        rows.append([name, len(xs), f"{mpx:.2f}", f"{t_net / mpx:.2f}", f"{flops * 1e6 * mpx / t_net / 1e9:.0f}",
                      f"{t_post / mpx:.2f}", f"{(t_net + t_post) / mpx:.2f}"])
         bare = bare_forward(run.model)
         bare_rows.append([name, f"{flops / 1e3:.0f}", f"{bare:.2f}", f"{flops * 1e6 / bare / 1e9:.0f}",

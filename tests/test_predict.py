@@ -127,3 +127,87 @@ def test_rescaling_to_the_training_object_size(model):
     assert calls[0][1:3] == (40, 52)
     with pytest.raises(ValueError, match="train_diameter"):  # a diameter alone must not be ignored silently
         predict_instances(Recorder(), image, task="flow", diameter=20)
+
+
+class _Scaler:
+    """A stand-in network: outputs (2x, -x, x + 1) of each pixel, recording every batch it is given."""
+    inputs = [type("T", (), {"shape": (None, None, None, 1)})()]
+    layers = []
+
+    def __init__(self):
+        self.batches = []
+
+    def predict_on_batch(self, batch):
+        self.batches.append(batch.shape)
+        x = batch[..., 0]
+        return np.stack([2 * x, -x, x + 1], -1)
+
+
+def test_tiles_of_many_images_share_network_calls():
+    from unetflow.predict import predict_raw_many
+
+    rng = np.random.default_rng(4)
+    sizes = [(64, 64)] * 5 + [(40, 52), (64, 64), (64, 64), (40, 52)]
+    images = [rng.random(s + (1,)).astype(np.float32) for s in sizes]
+    net = _Scaler()
+    outs = list(predict_raw_many(net, [(x, 1.0) for x in images], task="flow", input_multiple=4, batch_size=8))
+    for x, out in zip(images, outs):  # in order, each the network's output of its own image
+        np.testing.assert_allclose(out, np.concatenate([2 * x, -x, x + 1], -1), rtol=1e-6)
+    # seven 64² images in one call, the two 40x52 ones (padded to the multiple of 4) in another
+    assert sorted(net.batches) == [(2, 40, 52, 1), (7, 64, 64, 1)]
+
+
+def test_images_are_read_lazily_and_memory_stays_bounded():
+    from unetflow.predict import predict_raw_many
+
+    consumed = []
+
+    def items():
+        for k in range(20):
+            consumed.append(k)
+            yield np.full((32, 32, 1), k, np.float32), 1.0
+
+    stream = predict_raw_many(_Scaler(), items(), task="flow", input_multiple=4, batch_size=1, lookahead=3)
+    first = next(stream)
+    assert first[0, 0, 2] == 1 and len(consumed) <= 4  # the first output before most images were read
+    rest = list(stream)
+    assert [r[0, 0, 2] - 1 for r in rest] == list(range(1, 20))
+
+
+def test_tiled_stream_equals_one_image_at_a_time(model):
+    from unetflow.predict import predict_raw_many
+
+    rng = np.random.default_rng(5)
+    images = [rng.random(s + (1,)).astype(np.float32) for s in [(70, 90), (64, 64), (70, 90), (33, 47)]]
+    alone = [predict_raw(model, x, task="flow", tile_size=48, overlap=0.2) for x in images]
+    together = list(predict_raw_many(model, [(x, 1.0) for x in images], task="flow", tile_size=48, overlap=0.2))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max())
+
+
+def test_segment_images_matches_one_by_one_and_reports_bad_files(tiny_flow, tmp_path):
+    from unetflow.io import write_image
+    from unetflow.predict import load_run, segment_images
+    from unetflow.synthetic import synthetic_nuclei
+
+    _, run_dir = tiny_flow
+    run = load_run(run_dir, precision="float32")
+    rng = np.random.default_rng(6)
+    paths = []
+    for k, shape in enumerate([(64, 80), (96, 96), (64, 80)]):
+        image, _ = synthetic_nuclei(rng, shape)
+        paths.append(write_image(tmp_path / f"im{k}.tif", image))
+        if k == 1:
+            bad = tmp_path / "broken.tif"
+            bad.write_bytes(b"not a tiff")
+            paths.append(bad)
+    results = list(segment_images(run, paths, diameter=None))
+    errors = [r for r in results if isinstance(r[1], Exception)]
+    assert [r[0] for r in errors] == [bad] and "cannot be read" in str(errors[0][1])
+    good = [r for r in results if not isinstance(r[1], Exception)]
+    assert [r[0] for r in good] == [p for p in paths if p != bad]  # in input order
+    from unetflow.io import read_image
+    for path, labels, raw in good:
+        ref_labels, ref_raw = predict_instances(run, read_image(path), diameter=None)
+        np.testing.assert_allclose(raw["flows"], ref_raw["flows"], atol=1e-4)
+        assert labels.shape == ref_labels.shape and labels.max() == ref_labels.max()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import DEFAULT_TILE
 from .formats import create_ome_zarr_labels
 
 __all__ = ["open_array", "sample_stats", "predict_big", "block_grid", "ID_STRIDE"]
@@ -159,7 +160,7 @@ def _compose_block(block: Block, neighbours, tmp, out):
 
 
 def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, scheduler=None,
-                workers: int | None = None, precision: str = "auto", tile_size: int = 512,
+                workers: int | None = None, precision: str = "auto", tile_size: int = DEFAULT_TILE,
                 progress: bool = True) -> dict:
     """Segment a huge image block by block on dask and write an OME-Zarr label image.
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .conventions import SPLITS
+from .conventions import DEFAULT_TILE, SPLITS
 from .formats import FORMATS
 from .hardware import INFERENCE_PRECISIONS, import_tensorflow
 from .rundir import pretrained
@@ -51,7 +51,7 @@ def _predict(args) -> int:
     from .formats import write_outputs
     from .io import read_image, write_image
     from .manifest import read_manifest
-    from .predict import check_diameter, load_run, predict_instances
+    from .predict import check_diameter, load_run, segment_images
 
     diameter = check_diameter(args.diameter)  # before any work: a bad value is the user's error, not an image's
     if args.model:  # every positional is an image
@@ -76,13 +76,12 @@ def _predict(args) -> int:
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())
     from tqdm.auto import tqdm
     failed = []
-    for path in tqdm(images, desc="segment", unit="img"):
-        try:
-            labels, raw = predict_instances(run, read_image(path), tile_size=args.tile_size, tta=args.tta,
-                                            diameter=diameter, **overrides)
-        except (OSError, ValueError) as exc:  # one bad image must not stop the others
-            failed.append(f"{path}: {exc}")
+    results = segment_images(run, images, tile_size=args.tile_size, tta=args.tta, diameter=diameter, **overrides)
+    for path, *result in tqdm(results, total=len(images), desc="segment", unit="img"):
+        if isinstance(result[0], Exception):  # one bad image must not stop the others
+            failed.append(f"{path}: {result[0]}")
             continue
+        labels, raw = result
         write_outputs(out, path.stem, labels, raw, args.formats, filename=path.resolve())
         if args.save_raw:
             for key, arr in ((k, v) for k, v in raw.items() if k != "diameter"):
@@ -235,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="address of a running dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, help="processes of the local dask cluster (default: 1)")
     p.add_argument("--tta", action="store_true", help="test-time flips")
-    p.add_argument("--tile-size", type=int, default=512, help="largest network tile (default: %(default)s)")
+    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE,
+                   help="largest network tile side; an image that fits is one tile (default: %(default)s)")
     p.add_argument("--diameter", help="median object diameter in the images (px), or 'auto' to estimate it per "
                                       "image; each image is zoomed so its objects have the training size "
                                       "(default: 'auto' for runs trained at one object size, else none)")

@@ -37,6 +37,10 @@ CELLPROB_TARGET_THRESHOLD = 0.5
 #: The splits of a manifest.
 SPLITS = ("train", "val", "test")
 
+#: Largest network tile side (px) at inference by default: most microscopy images fit in one tile,
+#: so no pixel is computed twice; larger ones are cut into the fewest tiles that cover them.
+DEFAULT_TILE = 1024
+
 
 def split_flow_outputs(raw: np.ndarray):
     """The flow model's ``(H, W, 3)`` outputs as ``(dP, cellprob)``: ``(2, H, W)`` flows and ``(H, W)`` logits."""

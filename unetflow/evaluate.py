@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_write, read_image, read_labels, write_labels
+from .conventions import DEFAULT_TILE
+from .io import atomic_write, read_ahead, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
-from .predict import Run, check_diameter, load_run, predict_rescaled, raw_to_labels, resolve_size
+from .predict import Run, check_diameter, load_run, predict_raw_many, raw_to_labels, resolve_size
 from .preprocess import prepare_image
 from .tasks import get_task
 
@@ -61,34 +62,50 @@ def _diameters(run: Run, rows):
     return list(rows[column])
 
 
-def predict_split(run: Run, images, *, tta=False, tile_size=512, diameters=None, progress=True):
+def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diameters=None, progress=True):
     """Raw network outputs for each image (prepared with the run's input conventions), with timings.
 
     `diameters`: None (each image at its own scale), ``"auto"`` (each image's object diameter
     estimated by :func:`unetflow.predict.estimate_diameter`), or one diameter per image; the image is
     then rescaled so its objects match the training median diameter, and the outputs resized back.
-    The timings hold the network time and, with ``"auto"``, the estimation time and the estimates.
+    Images are read ahead by a background thread, and tiles of one shape from consecutive images
+    share network calls (:func:`unetflow.predict.predict_raw_many`).  The timings hold the network
+    time (wall time, less the size estimation and any wait for reading) and, with ``"auto"``, the
+    estimation time and the estimates.
     """
     from tqdm.auto import tqdm
 
-    raws, t_net, t_size, npx, used = [], 0.0, 0.0, 0, []
     train_d = run.meta.get("train_median_diameter")
     if diameters is not None and not train_d:
         raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run made by an earlier unetflow)")
-    for k, path in enumerate(tqdm(images, desc=f"predict ({run.task})", unit="img", disable=not progress)):
-        x = prepare_image(read_image(path), run.config.input)
-        t0 = time.perf_counter()
-        wanted = diameters if diameters is None or isinstance(diameters, str) else diameters[k]
-        d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=train_d,
-                                 postprocess=run.postprocess_config())
-        t1 = time.perf_counter()
-        used.append(d)
-        raws.append(predict_rescaled(run.model, x, task=run.task, factor=factor, tile_size=tile_size, tta=tta,
-                                     input_multiple=run.input_multiple))
-        t_size += t1 - t0
-        t_net += time.perf_counter() - t1
-        npx += x.shape[0] * x.shape[1]
-    return raws, {"network_s": t_net, "size_estimation_s": t_size, "megapixels": npx / 1e6, "diameters": used}
+    clock = {"size": 0.0, "wait": 0.0, "px": 0}
+    used = []
+
+    def items():
+        stream = read_ahead(lambda path: prepare_image(read_image(path), run.config.input), images)
+        for k in range(len(images)):
+            t0 = time.perf_counter()
+            path, x = next(stream)
+            t1 = time.perf_counter()
+            if isinstance(x, Exception):
+                raise x
+            wanted = diameters if diameters is None or isinstance(diameters, str) else diameters[k]
+            d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=train_d,
+                                     postprocess=run.postprocess_config())
+            clock["wait"] += t1 - t0
+            clock["size"] += time.perf_counter() - t1
+            clock["px"] += x.shape[0] * x.shape[1]
+            used.append(d)
+            yield x, factor
+        stream.close()
+
+    t0 = time.perf_counter()
+    stream = predict_raw_many(run.model, items(), task=run.task, tile_size=tile_size, tta=tta,
+                              input_multiple=run.input_multiple)
+    raws = list(tqdm(stream, total=len(images), desc=f"predict ({run.task})", unit="img", disable=not progress))
+    t_net = time.perf_counter() - t0 - clock["size"] - clock["wait"]
+    return raws, {"network_s": t_net, "size_estimation_s": clock["size"], "megapixels": clock["px"] / 1e6,
+                  "diameters": used}
 
 
 def _postprocess_all(run: Run, raws, config):

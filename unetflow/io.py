@@ -17,7 +17,7 @@ import numpy as np
 
 from .validation import relabel_sequential
 
-__all__ = ["read_image", "read_labels", "write_labels", "write_image", "binary_to_labels",
+__all__ = ["read_image", "read_labels", "write_labels", "write_image", "binary_to_labels", "read_ahead",
            "colors_to_labels", "relabel_sequential", "atomic_write", "hash_file", "ImageReadError"]
 
 logger = logging.getLogger(__name__)
@@ -188,6 +188,57 @@ def hash_file(path, h=None):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h
+
+
+def read_ahead(load, items, depth: int = 2):
+    """``(item, load(item))`` for each item, in order, loaded by a background thread up to `depth`
+    items ahead, so that reading and preparing the next images overlaps the network's work on the
+    current one.  An ``OSError`` or ``ValueError`` from `load` is yielded in place of its result
+    (one bad file need not stop the others); any other exception is raised here.
+    """
+    import queue
+    import threading
+
+    q = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:  # False once the consumer has stopped
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in items:
+                try:
+                    result = load(item)
+                except (OSError, ValueError) as exc:
+                    result = exc
+                if not put((item, result)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((done, exc))
+            return
+        put((done, None))
+
+    thread = threading.Thread(target=work, name="unetflow-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, result = q.get()
+            if item is done:
+                if result is not None:
+                    raise result
+                return
+            yield item, result
+    finally:
+        stop.set()  # the consumer stopped early: let the thread finish
+        thread.join()
 
 
 def atomic_write(path, write_fn) -> Path:

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .conventions import DEFAULT_TILE
 from .preprocess import prepare_image
 from .rundir import RunDir, read_run
 from .tasks import get_task
 
-__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_instances", "tile_layout",
-           "check_diameter", "estimate_diameter", "resolve_size", "raw_to_labels", "SIZE_CANDIDATES"]
+__all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_raw_many", "predict_instances", "tile_layout",
+           "check_diameter", "estimate_diameter", "resolve_size", "raw_to_labels", "segment_images", "SIZE_CANDIDATES"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +95,8 @@ def load_run(run_dir, which: str = "best", precision: str = "auto") -> Run:
 
 def tile_layout(length: int, tile: int, margin: int, multiple: int = 1):
     """Tiles along one axis: the fewest tiles of at most `tile` px that cover `length` (a multiple of
-    `multiple`) with at least `margin` px of overlap, all of one size (a multiple of `multiple`,
-    rounded up to 64 px when that fits, so a stream of images of different sizes reuses a few traced
-    input shapes), starting at multiples of `multiple`.
+    `multiple`) with at least `margin` px of overlap, all of one size (a multiple of `multiple`),
+    starting at multiples of `multiple`.
 
     Returns ``(starts, size)``.  Shrinking the tiles to fit, instead of sliding tiles of one size,
     keeps the computed area close to the image's: a 360 px side is one tile of 360 (not two of 256),
@@ -106,8 +108,6 @@ def tile_layout(length: int, tile: int, margin: int, multiple: int = 1):
     n = int(np.ceil((length - margin) / (tile - margin)))
     size = int(np.ceil((length + (n - 1) * margin) / n))
     size = -(-size // multiple) * multiple
-    bucket = -(-size // max(64, multiple)) * max(64, multiple)
-    size = bucket if bucket <= min(tile, length) else size
     # starts on the pooling grid (multiples of `multiple`): a U-Net is shift-equivariant only for
     # such shifts, so a tile then computes exactly what the whole image would away from its edges
     starts = (np.linspace(0, length - size, n) / multiple).round().astype(int) * multiple
@@ -120,65 +120,190 @@ def _taper(n: int, ramp: int) -> np.ndarray:
     return np.clip(np.minimum(x + 1, n - x) / max(ramp, 1), 1e-3, 1.0)
 
 
-def _run_tiles(model, image, tile, overlap, batch_size, task, mult):
-    """Blended model outputs (in the task's blending form) for one prepared image.
+_FORWARD = weakref.WeakKeyDictionary()
 
-    Tiles overlap by `overlap` x `tile` px, and at least by the network's receptive radius, so every
-    output pixel blended with weight near 1 saw its whole context.
+
+def _forward(model):
+    """The network as a function of a batch ``(N, H, W, C)`` -> numpy outputs.
+
+    For a Keras model, one ``tf.function`` whose input signature leaves the batch and image sizes
+    open: traced once, whatever the sizes (``predict_on_batch`` retraces for new shapes and adds its
+    own bookkeeping to every call).  Other objects (test doubles) are called by ``predict_on_batch``.
     """
-    from .geometry import receptive_radius
+    import keras
 
-    H, W = image.shape[:2]
-    # pad to a multiple the network accepts (reflecting, so objects at the edge look natural)
-    Hp, Wp = -(-H // mult) * mult, -(-W // mult) * mult
-    mode = "reflect" if min(H, W) > 1 and Hp - H < H and Wp - W < W else "edge"
-    padded = np.pad(image, ((0, Hp - H), (0, Wp - W), (0, 0)), mode=mode)
-    tile = max(mult, tile // mult * mult)
-    margin = min(tile // 2, max(int(tile * overlap), receptive_radius(mult)))
-    ys, th = tile_layout(Hp, tile, margin, mult)
-    xs, tw = tile_layout(Wp, tile, margin, mult)
-    weight = np.outer(_taper(th, margin) if len(ys) > 1 else np.ones(th, np.float32),
-                      _taper(tw, margin) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
-    # about as many pixels per network call whatever the tile size (memory)
-    batch_size = max(1, min(batch_size, batch_size * 256 * 256 // (th * tw)))
-    out = np.zeros((Hp, Wp, task.channels), np.float32)
-    norm = np.zeros((Hp, Wp, 1), np.float32)
-    coords = [(y, x) for y in ys for x in xs]
-    for k in range(0, len(coords), batch_size):
-        chunk = coords[k:k + batch_size]
-        batch = np.stack([padded[y:y + th, x:x + tw] for y, x in chunk])
-        pred = task.blendable(np.asarray(model.predict_on_batch(batch), np.float32))
-        for (y, x), p in zip(chunk, pred):
-            out[y:y + th, x:x + tw] += p * weight
-            norm[y:y + th, x:x + tw] += weight
-    return (out / norm)[:H, :W]
+    if not isinstance(model, keras.Model):
+        return model.predict_on_batch
+    if model not in _FORWARD:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, None, None, model.inputs[0].shape[-1]], tf.float32)
+        _FORWARD[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    fn = _FORWARD[model]
+    return lambda batch: fn(batch).numpy()
 
 
-def predict_raw(model, image, *, task, tile_size: int = 512, overlap: float = 0.1, batch_size: int = 8,
-                tta: bool = False, input_multiple: int | None = None) -> np.ndarray:
-    """Network outputs for a prepared ``(H, W, C)`` image, tiled and blended.
+class _Tiling:
+    """One (possibly flipped) image, padded to the network's multiple, cut into tiles of one size,
+    and the blended outputs of the tiles done so far."""
 
-    Returns ``(H, W, channels)`` in the task's blending form: ``[dy, dx, cellprob_logit]`` (flow),
-    class probabilities (boundary), ``[distance, cellprob_logit]`` (distance).  With `tta`, the mean
-    over the image and its three flips, each output un-flipped by the task.  `input_multiple`:
-    input sizes the network accepts are multiples of this (a run's ``model.json`` records it;
-    by default it is read from the model's pooling layers).
+    def __init__(self, image, tile, overlap, mult, channels):
+        from .geometry import receptive_radius
+
+        H, W = image.shape[:2]
+        self.shape = (H, W)
+        # pad to a multiple the network accepts (reflecting, so objects at the edge look natural)
+        Hp, Wp = -(-H // mult) * mult, -(-W // mult) * mult
+        mode = "reflect" if min(H, W) > 1 and Hp - H < H and Wp - W < W else "edge"
+        self.image = np.pad(image, ((0, Hp - H), (0, Wp - W), (0, 0)), mode=mode) if (Hp, Wp) != (H, W) else image
+        tile = max(mult, tile // mult * mult)
+        # tiles overlap by `overlap` x `tile` px, and at least by the network's receptive radius, so
+        # every output pixel blended with weight near 1 saw its whole context
+        margin = min(tile // 2, max(int(tile * overlap), receptive_radius(mult)))
+        ys, th = tile_layout(Hp, tile, margin, mult)
+        xs, tw = tile_layout(Wp, tile, margin, mult)
+        self.tile_shape = (th, tw)
+        self.coords = [(y, x) for y in ys for x in xs]
+        self.left = len(self.coords)
+        if self.left == 1:  # the whole image in one tile: no blending
+            self.weight = self.out = self.norm = None
+        else:
+            self.weight = np.outer(_taper(th, margin) if len(ys) > 1 else np.ones(th, np.float32),
+                                   _taper(tw, margin) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
+            self.out = np.zeros((Hp, Wp, channels), np.float32)
+            self.norm = np.zeros((Hp, Wp, 1), np.float32)
+
+    def crop(self, y, x):
+        th, tw = self.tile_shape
+        return self.image[y:y + th, x:x + tw]
+
+    def add(self, y, x, pred):
+        self.left -= 1
+        if self.weight is None:
+            self.out = pred
+            return
+        th, tw = self.tile_shape
+        self.out[y:y + th, x:x + tw] += pred * self.weight
+        self.norm[y:y + th, x:x + tw] += self.weight
+
+    def result(self):
+        H, W = self.shape
+        return (self.out if self.norm is None else self.out / self.norm)[:H, :W]
+
+
+class _Job:
+    """One image through the network: zoomed by `factor`, its test-time flips, their tiles; the
+    result is the flips' un-flipped mean, resized back to the image's size."""
+
+    def __init__(self, image, factor, task, tta, tile, overlap, mult):
+        self.task = task
+        self.size = image.shape[:2]
+        if abs(factor - 1) > 0.05:  # within 5 % of 1 the image is used as it is
+            from skimage.transform import rescale
+
+            image = rescale(image, factor, order=1, channel_axis=-1, preserve_range=True,
+                            anti_aliasing=False).astype(np.float32)
+        self.flips = [(fy, fx) for fy in (False, True) for fx in (False, True)] if tta else [(False, False)]
+        self.variants = []
+        for fy, fx in self.flips:
+            v = image[::-1] if fy else image
+            v = v[:, ::-1] if fx else v
+            self.variants.append(_Tiling(np.ascontiguousarray(v) if tta else v, tile, overlap, mult,
+                                         task.channels))
+
+    @property
+    def done(self) -> bool:
+        return all(v.left == 0 for v in self.variants)
+
+    def result(self) -> np.ndarray:
+        raw = sum(self.task.unflip(v.result(), fy, fx) for v, (fy, fx) in zip(self.variants, self.flips))
+        raw = raw / len(self.variants) if len(self.variants) > 1 else raw
+        if raw.shape[:2] != self.size:
+            from skimage.transform import resize
+
+            raw = resize(raw, self.size + (raw.shape[-1],), order=1, preserve_range=True,
+                         anti_aliasing=False).astype(np.float32)
+        return raw
+
+
+#: Images in flight at most while their tiles wait to share network calls with later images' tiles.
+LOOKAHEAD = 8
+
+
+def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overlap: float = 0.1,
+                     batch_size: int = 8, tta: bool = False, input_multiple: int | None = None,
+                     lookahead: int = LOOKAHEAD):
+    """Network outputs for a stream of prepared images, in order; tiles of one shape from
+    consecutive images share network calls.
+
+    Parameters
+    ----------
+    items : iterable of (image, factor)
+        Prepared ``(H, W, C)`` images and the zoom to run each at (see :func:`predict_rescaled`).
+        Consumed lazily: an image is read only when the network is ready for it.
+    tile_size, overlap, batch_size, tta, input_multiple
+        As :func:`predict_raw`; `batch_size` is the number of 256² tiles' worth of pixels per call.
+    lookahead : int
+        Images in flight at most (bounds the memory).
+
+    Yields
+    ------
+    raw : (H, W, channels) float32 array
+        One per item, as :func:`predict_rescaled` returns it.
     """
     from .models import input_multiple as read_multiple
 
     task = get_task(task)
     mult = input_multiple or read_multiple(model)
-    image = np.asarray(image, np.float32)
-    if not tta:
-        return _run_tiles(model, image, tile_size, overlap, batch_size, task, mult)
-    total = np.zeros(image.shape[:2] + (task.channels,), np.float32)
-    for fy in (False, True):
-        for fx in (False, True):
-            x = image[::-1] if fy else image
-            x = x[:, ::-1] if fx else x
-            total += task.unflip(_run_tiles(model, np.ascontiguousarray(x), tile_size, overlap, batch_size, task, mult),
-                                 fy, fx)
-    return total / 4
+    forward = _forward(model)
+    jobs, queues = deque(), {}  # tile shape -> tiles waiting for the network, oldest first
+
+    def per_call(shape):  # about as many pixels per network call whatever the tile size (memory)
+        return max(1, min(batch_size, batch_size * 256 * 256 // (shape[0] * shape[1])))
+
+    def run(shape):
+        queue = queues[shape]
+        chunk = [queue.popleft() for _ in range(min(per_call(shape), len(queue)))]
+        pred = task.blendable(np.asarray(forward(np.stack([t.crop(y, x) for t, y, x in chunk])), np.float32))
+        for (tiling, y, x), p in zip(chunk, pred):
+            tiling.add(y, x, p)
+
+    for image, factor in items:
+        job = _Job(np.asarray(image, np.float32), factor, task, tta, tile_size, overlap, mult)
+        jobs.append(job)
+        for tiling in job.variants:
+            queues.setdefault(tiling.tile_shape, deque()).extend((tiling, y, x) for y, x in tiling.coords)
+        for shape, queue in queues.items():
+            while len(queue) >= per_call(shape):
+                run(shape)
+        while len(jobs) > lookahead:  # finish the oldest image, with whatever tiles share its calls
+            for tiling in jobs[0].variants:
+                while tiling.left:
+                    run(tiling.tile_shape)
+            yield jobs.popleft().result()
+        while jobs and jobs[0].done:
+            yield jobs.popleft().result()
+    for shape, queue in queues.items():
+        while queue:
+            run(shape)
+    while jobs:
+        yield jobs.popleft().result()
+
+
+def predict_raw(model, image, *, task, tile_size: int = DEFAULT_TILE, overlap: float = 0.1, batch_size: int = 8,
+                tta: bool = False, input_multiple: int | None = None) -> np.ndarray:
+    """Network outputs for a prepared ``(H, W, C)`` image, tiled and blended.
+
+    Returns ``(H, W, channels)`` in the task's blending form: ``[dy, dx, cellprob_logit]`` (flow),
+    class probabilities (boundary), ``[distance, cellprob_logit]`` (distance).  Tiles are at most
+    `tile_size` px a side, the fewest that cover the image with the network's receptive radius
+    (and at least `overlap` x `tile_size`) as overlap; an image that fits is one tile.  With `tta`,
+    the mean over the image and its three flips, each output un-flipped by the task.
+    `input_multiple`: input sizes the network accepts are multiples of this (a run's
+    ``model.json`` records it; by default it is read from the model's pooling layers).
+    """
+    return predict_rescaled(model, image, task=task, tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                            tta=tta, input_multiple=input_multiple)
 
 
 def predict_rescaled(model, x, *, task: str, factor: float = 1.0, **kwargs) -> np.ndarray:
@@ -187,15 +312,7 @@ def predict_rescaled(model, x, *, task: str, factor: float = 1.0, **kwargs) -> n
     `factor` is the training median diameter over the image's: objects are brought to the size the
     network was trained on.  Within 5 % of 1 the image is used as it is.
     """
-    from skimage.transform import rescale, resize
-
-    H, W = x.shape[:2]
-    if abs(factor - 1) > 0.05:
-        x = rescale(x, factor, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=False).astype(np.float32)
-    raw = predict_raw(model, x, task=task, **kwargs)
-    if raw.shape[:2] != (H, W):
-        raw = resize(raw, (H, W, raw.shape[-1]), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
-    return raw
+    return next(predict_raw_many(model, [(x, factor)], task=task, **kwargs))
 
 
 def check_diameter(diameter):
@@ -297,7 +414,7 @@ def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):
     return diameter, float(train_diameter) / float(diameter) if diameter else 1.0
 
 
-def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = 512,
+def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = DEFAULT_TILE,
                       overlap: float = 0.1, batch_size: int = 8, tta: bool = False, diameter: float | None = None,
                       train_diameter: float | None = None, input_stats=None, **postprocess):
     """Segment one image: labels plus the raw network outputs.
@@ -366,3 +483,75 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     labels = raw_to_labels(raw, task, pp)
     extra = {"diameter": diameter} if diameter else {}
     return labels, {**get_task(task).outputs(raw), **extra}
+
+
+def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_TILE, overlap: float = 0.1,
+                   batch_size: int = 8, tta: bool = False, **postprocess):
+    """Segment image files with a run, the stages overlapped: the next images are read and
+    normalised by a background thread, tiles of consecutive images share network calls, and each
+    image is post-processed by a worker thread while the network runs on the next ones.
+
+    Parameters are those of :func:`predict_instances`.
+
+    Yields
+    ------
+    (path, labels, raw)
+        For each image, as :func:`predict_instances` returns them (in input order);
+    (path, error)
+        instead, for an image that could not be read or segmented (``OSError`` or ``ValueError``);
+        these may come before the results of earlier images.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .io import read_ahead, read_image
+
+    diameter = check_diameter(diameter)
+    diameter = run.default_diameter if diameter is None else diameter
+    pp = run.postprocess_config(**postprocess)
+    train_d = run.meta.get("train_median_diameter")
+    if diameter and not train_d:
+        raise ValueError(f"{run.path}: meta.json has no train_median_diameter, so `diameter` cannot be used")
+    expected = run.model.inputs[0].shape[-1]
+    task = get_task(run.task)
+    started, failed = deque(), deque()  # (path, diameter) of the images in the network; errors to report
+
+    def prepared(path):
+        x = prepare_image(read_image(path), run.config.input)
+        if x.shape[-1] != expected:
+            raise ValueError(f"it gives {x.shape[-1]} input channel(s) but the model expects {expected}")
+        return x
+
+    def items():
+        for path, x in read_ahead(prepared, [Path(p) for p in paths]):
+            if isinstance(x, Exception):
+                failed.append((path, x))
+                continue
+            try:
+                d, factor = resolve_size(run.model, x, diameter, task=run.task, train_diameter=train_d,
+                                         postprocess=pp)
+            except ValueError as exc:
+                failed.append((path, exc))
+                continue
+            started.append((path, d))
+            yield x, factor
+
+    def finish(path, d, raw, labels):
+        try:
+            return path, labels.result(), {**task.outputs(raw), **({"diameter": d} if d else {})}
+        except (OSError, ValueError) as exc:
+            return path, exc
+
+    with ThreadPoolExecutor(1, thread_name_prefix="unetflow-postprocess") as pool:
+        waiting = deque()
+        for raw in predict_raw_many(run.model, items(), task=run.task, tile_size=tile_size, overlap=overlap,
+                                    batch_size=batch_size, tta=tta, input_multiple=run.input_multiple):
+            path, d = started.popleft()
+            waiting.append((path, d, raw, pool.submit(raw_to_labels, raw, run.task, pp)))
+            while failed:
+                yield failed.popleft()
+            while len(waiting) > 1 or (waiting and waiting[0][3].done()):
+                yield finish(*waiting.popleft())
+        while failed:
+            yield failed.popleft()
+        while waiting:
+            yield finish(*waiting.popleft())
