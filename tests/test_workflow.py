@@ -126,6 +126,20 @@ def test_evaluate_with_auto_diameter(quick):
         evaluate_run(out / "flow", "test", rescale=True, diameter="auto", progress=False)
 
 
+def test_evaluate_relative_run_dir_and_tags_keep_precisions_apart(quick, monkeypatch):
+    """A run directory given relative to the working directory, a tag with and without a precision:
+    each summary lands in its own folder of the run."""
+    from unetflow.cli import main
+    out, _ = quick
+    monkeypatch.chdir(out)
+    for precision in ("float32", "bfloat16"):
+        assert main(["evaluate", "flow", "--split", "test", "--no-tune", "--tag", "x", "--precision", precision]) == 0
+    f32 = json.loads((out / "flow" / "eval_test_x" / "summary.json").read_text())
+    bf16 = json.loads((out / "flow" / "eval_test_bfloat16_x" / "summary.json").read_text())
+    assert (f32["precision"], bf16["precision"]) == ("float32", "bfloat16")
+    assert not (out / "flow" / "flow").exists()
+
+
 def test_summary_errors_from_table_match_direct_count():
     from unetflow.evaluate import summarize
     from unetflow.metrics import per_image_table

@@ -195,7 +195,8 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir, precision=precision)
-    tag = tag or ("" if precision == "float32" else precision)
+    # a precision other than float32 always names the folder: a tag alone must not overwrite float32's
+    tag = "_".join(p for p in ("" if precision == "float32" else precision, tag) if p)
     if diameter not in ("default", "native", "auto"):
         check_diameter(diameter)  # a number: the error says what is allowed
         raise ValueError(f"evaluate takes diameter 'auto', 'native' or 'default' for a whole split, got {diameter!r}")
@@ -246,5 +247,5 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
                            "size_estimation_s_per_mpx": timing["size_estimation_s"] / timing["megapixels"],
                            "postprocess_s_per_mpx": timing["postprocess_s"] / timing["megapixels"]},
                    images=names)
-    run.dir.write_json(out / run.dir.SUMMARY, summary)
+    run.dir.write_json(out.relative_to(run.dir.path) / run.dir.SUMMARY, summary)  # names are run-relative
     return summary

@@ -1,14 +1,19 @@
 """Prediction: tiled network outputs over images of any size, then one post-processing pass.
 
-The network runs on overlapping tiles whose outputs are blended with tapered weights (in the form
-the task blends: logits and flows as they are, class probabilities for the boundary model); the
-outputs are stitched for the whole image first and post-processed once, so an object crossing a
-tile border stays one object.  Optional test-time flips are un-flipped by the task (for flows,
-negating the component the flip reversed).
+The network runs on tiles (most images are one tile of at most ``DEFAULT_TILE`` px a side; larger
+ones overlap by at least the network's receptive radius) whose outputs are blended with tapered
+weights (in the form the task blends: logits and flows as they are, class probabilities for the
+boundary model); the outputs are stitched for the whole image first and post-processed once, so an
+object crossing a tile border stays one object.  Optional test-time flips are un-flipped by the task
+(for flows, negating the component the flip reversed).
+
+Images stream through :func:`predict_raw_many`: tiles of one shape from consecutive images share
+network calls, and :func:`segment_images` overlaps reading and post-processing with the network.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 import weakref
 from collections import deque
@@ -328,9 +333,17 @@ def check_diameter(diameter):
     return value
 
 
+#: One post-processing at a time: numba's parallel kernels must not be entered from two threads at
+#: once under its fallback threading layer (workqueue, without OpenMP or TBB), and two at once would
+#: only share the same cores.
+_POSTPROCESS_LOCK = threading.Lock()
+
+
 def raw_to_labels(raw, task, config):
-    """Labels from blended network outputs ``(H, W, channels)``, by the task's post-processing."""
-    return get_task(task).to_labels(raw, config)
+    """Labels from blended network outputs ``(H, W, channels)``, by the task's post-processing
+    (thread-safe: concurrent calls run one after the other)."""
+    with _POSTPROCESS_LOCK:
+        return get_task(task).to_labels(raw, config)
 
 
 #: Object diameters (px) the size search tries: 4 to 181 px, a factor of sqrt(2) apart.
