@@ -12,7 +12,8 @@ Tables, in one run:
    does: tiling, padding, batching and blending included) and of the post-processing, and the
    GFLOP/s the network achieves there;
 3. per run: the bare forward pass, one batch of 8 x 256² through a ``tf.function``, in s/Mpx and
-   GFLOP/s, and the ratio predict / bare (the issue-14 target is <= 1.2);
+   GFLOP/s, and the ratio predict / bare (the issue-14 target is <= 1.2); the same pass in the other
+   precision (float32 or bfloat16) beside it;
 4. with ``--cellpose3``, for flow runs: ``compute_masks`` (the run's mode and thresholds) and Cellpose
    3's ``dynamics.compute_masks`` on the very same network outputs, ms per image, and AP@0.5 of both.
 
@@ -124,8 +125,13 @@ def main():
         rows.append([name, len(xs), f"{mpx:.2f}", f"{t_net / mpx:.2f}", f"{flops * 1e6 * mpx / t_net / 1e9:.0f}",
                      f"{t_post / mpx:.2f}", f"{(t_net + t_post) / mpx:.2f}"])
         bare = bare_forward(run.model)
+        others = {}  # the same pass in the other precisions, for reference
+        for precision in ("float32", "bfloat16"):
+            if inference_policy(precision) != inference_policy(args.precision):
+                others[precision] = bare_forward(load_run(run_dir, precision=precision).model)
         bare_rows.append([name, f"{flops / 1e3:.0f}", f"{bare:.2f}", f"{flops * 1e6 / bare / 1e9:.0f}",
-                          f"{t_net / mpx / bare:.2f}"])
+                          f"{t_net / mpx / bare:.2f}",
+                          "; ".join(f"{k} {v:.2f} s/Mpx, {flops * 1e6 / v / 1e9:.0f} GFLOP/s" for k, v in others.items())])
         if args.cellpose3 and run.task == "flow":
             with tempfile.TemporaryDirectory() as tmp:
                 files = []
@@ -147,7 +153,8 @@ def main():
     print_table(["run", "images", "Mpx", "network s/Mpx", "network GFLOP/s", "post-processing s/Mpx", "total s/Mpx"],
                 rows)
     print("\nbare forward pass, one batch of 8 x 256² through a tf.function\n")
-    print_table(["run", "kFLOP/px", "bare s/Mpx", "bare GFLOP/s", "predict / bare"], bare_rows)
+    print_table(["run", "kFLOP/px", "bare s/Mpx", "bare GFLOP/s", "predict / bare", "bare, other precision"],
+                bare_rows)
     if post_rows:
         print(f"\npost-processing on the same network outputs: unetflow compute_masks (the run's mode) vs Cellpose "
               f"3 dynamics.compute_masks (niter 200, the run's thresholds)\n")

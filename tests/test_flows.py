@@ -121,3 +121,22 @@ def test_flows_to_rgb_colour_wheel():
     assert np.abs(right.astype(int) - left.astype(int)).max() > 100
     with pytest.raises(ValueError, match="flows"):
         flows_to_rgb(np.zeros((10, 10, 2)))
+
+
+@pytest.mark.parametrize("shape", [(37, 41), (6, 9, 11), (1, 5), (5, 1)])
+def test_bounding_boxes_are_find_objects(shape):
+    from scipy import ndimage
+
+    from unetflow.flows import bounding_boxes
+
+    rng = np.random.default_rng(len(shape))
+    labels = (rng.integers(0, 9, shape) * (rng.random(shape) < 0.2)).astype(np.int32)
+    labels[labels == 4] = 0  # an absent id
+    lo, hi = bounding_boxes(labels)
+    slices = ndimage.find_objects(labels)
+    assert len(lo) == len(slices)
+    for i, slc in enumerate(slices):
+        if slc is None:
+            assert lo[i, 0] == -1
+        else:
+            assert [(s.start, s.stop) for s in slc] == list(zip(lo[i], hi[i]))

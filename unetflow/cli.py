@@ -49,7 +49,7 @@ def _train(args) -> int:
 
 def _predict(args) -> int:
     from .formats import write_outputs
-    from .io import read_image, write_image
+    from .io import write_image
     from .manifest import read_manifest
     from .predict import check_diameter, load_run, segment_images
 

@@ -24,11 +24,10 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
-from scipy import ndimage
 
 from .conventions import FLOW_SCALE
-from .flows import masks_to_flows
-from .validation import OptionsMixin, check_flows, check_labels, relabel_sequential
+from .flows import bounding_boxes, masks_to_flows
+from .validation import OptionsMixin, check_flows, check_labels
 
 __all__ = ["follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_bad_flow_masks",
            "fill_holes_and_remove_small_masks", "masks_before_checks", "finish_masks", "PostprocessConfig"]
@@ -312,16 +311,18 @@ def _bin_end_points(p, iscell, shape0, rpad):
         base = rpad  # bin of the row's own position, without the last coordinate
         for d in range(ndim - 1):
             base += (row[d] + rpad) * hstrides[d]
+        last = ndim - 1
         for x in range(nx):
             k = r * nx + x
-            if iscell[k]:
-                f = 0
-                for d in range(ndim):
+            if iscell[k]:  # the last axis has stride 1: written out, the common 2-D case needs no loop
+                f = min(max(np.int64(np.int32(p[last, k])) + rpad, 0), hshape[last] - 1)
+                for d in range(last):
                     f += min(max(np.int64(np.int32(p[d, k])) + rpad, 0), hshape[d] - 1) * hstrides[d]
             else:
                 f = base + x
             bins[k] = f
-            h[f] += 1
+        for k in range(r * nx, (r + 1) * nx):
+            h[bins[k]] += 1
         d = ndim - 2
         while d >= 0:
             row[d] += 1
@@ -532,8 +533,9 @@ def _error_sums(mu, dP, labels, n):
     sums = np.zeros(n + 1)
     counts = np.zeros(n + 1, np.int64)
     for k in range(labels.size):
-        sums[labels[k]] += sq[k]
-        counts[labels[k]] += 1
+        if labels[k]:  # the background's sum is not used: skipping it breaks its long chain of additions
+            sums[labels[k]] += sq[k]
+            counts[labels[k]] += 1
     return sums, counts
 
 
@@ -617,13 +619,7 @@ def _fill_and_filter(masks, shape, lo, hi, min_size):
 def fill_holes_and_remove_small_masks(masks, min_size: int = 15) -> np.ndarray:
     """Fill each mask's holes, drop masks under `min_size` pixels (before filling), renumber 1..N."""
     masks = check_labels(masks, "masks", ndim=(2, 3))
-    slices = ndimage.find_objects(masks)
-    lo = np.full((len(slices), masks.ndim), -1, np.int64)
-    hi = np.full((len(slices), masks.ndim), -1, np.int64)
-    for i, slc in enumerate(slices):
-        if slc is not None:
-            lo[i] = [s.start for s in slc]
-            hi[i] = [s.stop for s in slc]
+    lo, hi = bounding_boxes(masks)
     return _fill_and_filter(masks.ravel(), np.array(masks.shape, np.int64), lo, hi, int(min_size)).reshape(masks.shape)
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from . import __version__
 from .io import atomic_write, hash_file, read_image
-from .rundir import RunDir, read_run
+from .rundir import RunDir
 from .tasks import get_task
 
 __all__ = ["export_bioimageio", "export_run", "FORMAT_VERSION"]
@@ -171,7 +171,7 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
     import keras
     import tensorflow as tf
 
-    from .predict import load_run, predict_instances, raw_to_labels
+    from .predict import load_run, raw_to_labels
     from .preprocess import prepare_image
 
     out = Path(out)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from scipy import ndimage
 
 from .validation import check_labels
 
@@ -125,17 +124,46 @@ def _flows_2d(masks, boxes, order, nthreads, mu, normalize):
     return mu
 
 
+def bounding_boxes(labels: np.ndarray):
+    """The box of each id 1..max of validated int32 labels (what ``scipy.ndimage.find_objects``
+    gives, as arrays): ``lo`` and ``hi`` ``(max, ndim)``, ``lo`` -1 for absent ids."""
+    return _bounding_boxes(labels.ravel(), np.array(labels.shape, np.int64), int(labels.max(initial=0)))
+
+
+@numba.njit(cache=True)
+def _bounding_boxes(labels, shape, n):
+    ndim = shape.size
+    lo = np.full((n, ndim), -1, np.int64)
+    hi = np.zeros((n, ndim), np.int64)
+    nx = shape[ndim - 1]
+    row = np.zeros(ndim, np.int64)  # the current row's leading coordinates, as an odometer
+    for r in range(labels.size // nx if nx else 0):
+        for x in range(nx):
+            v = labels[r * nx + x]
+            if v <= 0:
+                continue
+            row[ndim - 1] = x
+            i = v - 1
+            for d in range(ndim):
+                if lo[i, d] < 0 or row[d] < lo[i, d]:
+                    lo[i, d] = row[d]
+                hi[i, d] = max(hi[i, d], row[d] + 1)
+        d = ndim - 2
+        while d >= 0:
+            row[d] += 1
+            if row[d] < shape[d]:
+                break
+            row[d] = 0
+            d -= 1
+    return lo, hi
+
+
 def _gradients_2d(masks: np.ndarray, normalize: bool = True) -> np.ndarray:
     """(2, H, W) gradients of log(1 + T) of validated 2-D int32 labels: float32 unit vectors, or
     with ``normalize=False`` the raw float64 gradients."""
-    slices = ndimage.find_objects(masks)
-    boxes = np.zeros((len(slices), 4), np.int64)
-    present = []
-    for i, s in enumerate(slices):
-        if s is not None:
-            boxes[i] = (s[0].start, s[0].stop, s[1].start, s[1].stop)
-            present.append(i)
-    present = np.asarray(present, np.int64)
+    lo, hi = bounding_boxes(masks)
+    boxes = np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], axis=1)
+    present = np.flatnonzero(lo[:, 0] >= 0)
     # cost of an object ~ iterations x pixels ~ (h + w) * h * w
     h = boxes[present, 1] - boxes[present, 0]
     w = boxes[present, 3] - boxes[present, 2]
