@@ -156,8 +156,8 @@ def main():
     print_table(["run", "kFLOP/px", "bare s/Mpx", "bare GFLOP/s", "predict / bare", "bare, other precision"],
                 bare_rows)
     if post_rows:
-        print(f"\npost-processing on the same network outputs: unetflow compute_masks (the run's mode) vs Cellpose "
-              f"3 dynamics.compute_masks (niter 200, the run's thresholds)\n")
+        print("\npost-processing on the same network outputs: unetflow compute_masks (the run's mode) vs Cellpose "
+              "3 dynamics.compute_masks (niter 200, the run's thresholds)\n")
         print_table(["run", "images", "unetflow ms/img", "Cellpose 3 ms/img", "speed-up", "AP@0.5 unetflow",
                      "AP@0.5 Cellpose 3"], post_rows)
 
