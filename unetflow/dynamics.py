@@ -26,7 +26,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .conventions import FLOW_SCALE
-from .flows import bounding_boxes, masks_to_flows
+from .flows import _next_row, bounding_boxes, masks_to_flows
 from .validation import OptionsMixin, check_flows, check_labels
 
 __all__ = ["follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_bad_flow_masks",
@@ -89,7 +89,8 @@ _DY_HIGH = sys.byteorder == "big"
 
 # The field is read as one uint64 per pixel, its (dy, dx) pair: half the gathers of reading the two
 # float32 apart, which is what limits the speed.  Two kernels, not one with an `interp` branch:
-# with both loops in one function LLVM vectorises the bilinear one a third slower.  Both do
+# with both loops in one function LLVM vectorises the bilinear one a third slower (and a step
+# kernel passed as an argument cannot be cached by numba: 2 s of compilation in every process).  Both do
 # float32 arithmetic, and clamping to the image by comparisons gives the same numbers as Cellpose
 # 2020's ``min(shape - 1, max(0, p + step))``.
 
@@ -323,13 +324,7 @@ def _bin_end_points(p, iscell, shape0, rpad):
             bins[k] = f
         for k in range(r * nx, (r + 1) * nx):
             h[bins[k]] += 1
-        d = ndim - 2
-        while d >= 0:
-            row[d] += 1
-            if row[d] < shape0[d]:
-                break
-            row[d] = 0
-            d -= 1
+        _next_row(row, shape0)
     return h, bins
 
 

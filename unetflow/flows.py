@@ -148,14 +148,21 @@ def _bounding_boxes(labels, shape, n):
                 if lo[i, d] < 0 or row[d] < lo[i, d]:
                     lo[i, d] = row[d]
                 hi[i, d] = max(hi[i, d], row[d] + 1)
-        d = ndim - 2
-        while d >= 0:
-            row[d] += 1
-            if row[d] < shape[d]:
-                break
-            row[d] = 0
-            d -= 1
+        _next_row(row, shape)
     return lo, hi
+
+
+@numba.njit(cache=True, inline="always")
+def _next_row(row, shape):
+    """Advance the leading coordinates `row` (all but the last axis) of a row-major scan of an
+    array of `shape` to the next row, like an odometer."""
+    d = shape.size - 2
+    while d >= 0:
+        row[d] += 1
+        if row[d] < shape[d]:
+            return
+        row[d] = 0
+        d -= 1
 
 
 def _gradients_2d(masks: np.ndarray, normalize: bool = True) -> np.ndarray:
