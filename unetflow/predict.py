@@ -143,7 +143,8 @@ def _forward(model):
         import tensorflow as tf
 
         spec = tf.TensorSpec([None, None, None, model.inputs[0].shape[-1]], tf.float32)
-        _FORWARD[model] = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        ref = weakref.ref(model)  # the cached function must not keep its model (the cache's key) alive
+        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
     fn = _FORWARD[model]
     return lambda batch: fn(batch).numpy()
 
