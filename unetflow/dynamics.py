@@ -40,6 +40,11 @@ MOVE_THRESHOLD = 1e-3
 PEAK_FILTER_SIZE = 5
 
 
+def _moving(dy) -> np.ndarray:
+    """The pixels flow following moves by default: ``|dy| > MOVE_THRESHOLD`` (of the field it is given)."""
+    return np.abs(dy) > MOVE_THRESHOLD
+
+
 # ----------------------------------------------------------------------------- flow following
 
 #: Pixels advanced together in one thread, as vector lanes: with a fixed count and unsigned
@@ -89,10 +94,10 @@ _DY_HIGH = sys.byteorder == "big"
 
 # The field is read as one uint64 per pixel, its (dy, dx) pair: half the gathers of reading the two
 # float32 apart, which is what limits the speed.  Two kernels, not one with an `interp` branch:
-# with both loops in one function LLVM vectorises the bilinear one a third slower (and a step
-# kernel passed as an argument cannot be cached by numba: 2 s of compilation in every process).  Both do
-# float32 arithmetic, and clamping to the image by comparisons gives the same numbers as Cellpose
-# 2020's ``min(shape - 1, max(0, p + step))``.
+# with both loops in one function LLVM vectorises the bilinear one a third slower, and a step
+# kernel passed as an argument is not cached by numba (2 s of compilation in every process).
+# Both do float32 arithmetic, and clamping to the image by comparisons gives the same numbers as
+# Cellpose 2020's ``min(shape - 1, max(0, p + step))``.
 
 @numba.njit(cache=True, parallel=True)
 def _steps_bilinear(p, dP, inds, niter):
@@ -223,7 +228,7 @@ def follow_flows(dP, niter: int = 200, interp: bool = False, mask=None) -> np.nd
         raise ValueError(f"`niter` must be a non-negative integer, got {niter!r}")
     shape = dP.shape[1:]
     if mask is None:
-        mask = np.abs(dP[0]) > MOVE_THRESHOLD
+        mask = _moving(dP[0])
     else:
         mask = np.asarray(mask, bool)
         if mask.shape != shape:
@@ -294,6 +299,14 @@ def _window_offsets(ndim, width):
     return offs
 
 
+@numba.njit(cache=True, inline="always")
+def _unravel(f, strides, coord):
+    """Write into `coord` the coordinates of flat index `f` of a row-major array with `strides`."""
+    for d in range(strides.size):
+        coord[d] = f // strides[d]
+        f -= coord[d] * strides[d]
+
+
 @numba.njit(cache=True)
 def _bin_end_points(p, iscell, shape0, rpad):
     """Histogram of end points ``p`` ``(ndim, N)`` over the image padded by `rpad` per side.
@@ -341,10 +354,7 @@ def _find_seeds(h, hshape, threshold, width):
     for f in range(h.size):
         if not h[f] > threshold:
             continue
-        r = f
-        for d in range(ndim):
-            coord[d] = r // strides[d]
-            r -= coord[d] * strides[d]
+        _unravel(f, strides, coord)
         peak = True
         for k in range(offs.shape[0]):
             g = 0
@@ -361,10 +371,7 @@ def _find_seeds(h, hshape, threshold, width):
             found.append(f)
     seeds = np.empty((len(found), ndim), np.int64)
     for s in range(len(found)):
-        r = found[s]
-        for d in range(ndim):
-            seeds[s, d] = r // strides[d]
-            r -= seeds[s, d] * strides[d]
+        _unravel(found[s], strides, seeds[s])
     return seeds
 
 
@@ -561,18 +568,18 @@ def _fill_and_filter(masks, shape, lo, hi, min_size):
         bstrides = _strides(bshape)
         size = np.prod(bshape)
         state = np.zeros(size, np.uint8)  # 1: the object, 2: background reached from the border
+        where = np.empty(size, np.int64)  # flat index in `masks` of each box pixel
         stack = np.empty(size, np.int64)
         top = 0
         npix = 0
         for q in range(size):
+            _unravel(q, bstrides, coord)
             g = 0
             border = False
-            r = q
             for d in range(ndim):
-                coord[d] = r // bstrides[d]
-                r -= coord[d] * bstrides[d]
                 g += (lo[i, d] + coord[d]) * gstrides[d]
                 border = border or coord[d] == 0 or coord[d] == bshape[d] - 1
+            where[q] = g
             if masks[g] == label:
                 state[q] = 1
                 npix += 1
@@ -585,10 +592,7 @@ def _fill_and_filter(masks, shape, lo, hi, min_size):
         while top > 0:
             top -= 1
             q = stack[top]
-            r = q
-            for d in range(ndim):
-                coord[d] = r // bstrides[d]
-                r -= coord[d] * bstrides[d]
+            _unravel(q, bstrides, coord)
             for d in range(ndim):
                 for step in (-1, 1):
                     c = coord[d] + step
@@ -601,13 +605,7 @@ def _fill_and_filter(masks, shape, lo, hi, min_size):
         j += 1
         for q in range(size):
             if state[q] != 2:
-                g = 0
-                r = q
-                for d in range(ndim):
-                    c = r // bstrides[d]
-                    r -= c * bstrides[d]
-                    g += (lo[i, d] + c) * gstrides[d]
-                out[g] = j
+                out[where[q]] = j
     return out
 
 
@@ -735,7 +733,7 @@ def masks_before_checks(dP, cellprob, config: PostprocessConfig):
     follow = iscell if config.follow == "cellprob" else None
     if dP.shape[0] == 2:  # the same as follow_flows, without its checks and copies
         field = _masked_field(dP, iscell)
-        follow = np.abs(field[..., 0]) > MOVE_THRESHOLD if follow is None else follow
+        follow = _moving(field[..., 0]) if follow is None else follow
         p = _follow_2d(field, follow, config.niter, config.interp)
     else:
         p = follow_flows(dP * iscell / FLOW_SCALE, niter=config.niter, interp=config.interp, mask=follow)

@@ -80,24 +80,23 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
         raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run made by an earlier unetflow)")
     clock = {"size": 0.0, "wait": 0.0, "px": 0}
     used = []
+    pp = run.postprocess_config()
 
     def items():
         stream = read_ahead(lambda path: prepare_image(read_image(path), run.config.input), images)
-        for k in range(len(images)):
-            t0 = time.perf_counter()
-            path, x = next(stream)
+        t0 = time.perf_counter()
+        for k, (path, x) in enumerate(stream):
             t1 = time.perf_counter()
             if isinstance(x, Exception):
                 raise x
             wanted = diameters if diameters is None or isinstance(diameters, str) else diameters[k]
-            d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=train_d,
-                                     postprocess=run.postprocess_config())
+            d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=train_d, postprocess=pp)
             clock["wait"] += t1 - t0
             clock["size"] += time.perf_counter() - t1
             clock["px"] += x.shape[0] * x.shape[1]
             used.append(d)
             yield x, factor
-        stream.close()
+            t0 = time.perf_counter()  # the time away, in the network, is not waiting for reading
 
     t0 = time.perf_counter()
     stream = predict_raw_many(run.model, items(), task=run.task, tile_size=tile_size, tta=tta,

@@ -111,8 +111,8 @@ def _object_flow(masks, label, r0, r1, c0, c1, mu, normalize):
 
 
 @numba.njit(cache=True, parallel=True)
-def _flows_2d(masks, boxes, order, nthreads, mu, normalize):
-    """Gradients of all objects into `mu`; objects are spread over threads round-robin.
+def _flows_2d(masks, lo, hi, order, nthreads, mu, normalize):
+    """Gradients of all objects (boxes ``lo:hi``) into `mu`; objects are spread over threads round-robin.
 
     ``order`` lists object indices from the most to the least expensive, so dealing them out
     round-robin balances the threads even when a few objects dominate the cost.
@@ -120,7 +120,7 @@ def _flows_2d(masks, boxes, order, nthreads, mu, normalize):
     for t in numba.prange(nthreads):
         for k in range(t, order.shape[0], nthreads):
             i = order[k]
-            _object_flow(masks, i + 1, boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3], mu, normalize)
+            _object_flow(masks, i + 1, lo[i, 0], hi[i, 0], lo[i, 1], hi[i, 1], mu, normalize)
     return mu
 
 
@@ -169,15 +169,13 @@ def _gradients_2d(masks: np.ndarray, normalize: bool = True) -> np.ndarray:
     """(2, H, W) gradients of log(1 + T) of validated 2-D int32 labels: float32 unit vectors, or
     with ``normalize=False`` the raw float64 gradients."""
     lo, hi = bounding_boxes(masks)
-    boxes = np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], axis=1)
     present = np.flatnonzero(lo[:, 0] >= 0)
     # cost of an object ~ iterations x pixels ~ (h + w) * h * w
-    h = boxes[present, 1] - boxes[present, 0]
-    w = boxes[present, 3] - boxes[present, 2]
+    h, w = (hi[present] - lo[present]).T
     order = present[np.argsort(-(h + w) * h * w, kind="stable")]
     nthreads = max(1, min(numba.get_num_threads(), len(order)))
     mu = np.zeros((2,) + masks.shape, np.float32 if normalize else np.float64)
-    return _flows_2d(masks, boxes, order, nthreads, mu, normalize)
+    return _flows_2d(masks, lo, hi, order, nthreads, mu, normalize)
 
 
 def masks_to_flows(masks) -> np.ndarray:

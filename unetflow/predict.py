@@ -214,8 +214,7 @@ class _Job:
         for fy, fx in self.flips:
             v = image[::-1] if fy else image
             v = v[:, ::-1] if fx else v
-            self.variants.append(_Tiling(np.ascontiguousarray(v) if tta else v, tile, overlap, mult,
-                                         task.channels))
+            self.variants.append(_Tiling(np.ascontiguousarray(v), tile, overlap, mult, task.channels))
 
     @property
     def done(self) -> bool:
@@ -319,6 +318,21 @@ def predict_rescaled(model, x, *, task: str, factor: float = 1.0, **kwargs) -> n
     network was trained on.  Within 5 % of 1 the image is used as it is.
     """
     return next(predict_raw_many(model, [(x, factor)], task=task, **kwargs))
+
+
+def _network_input(x, model) -> np.ndarray:
+    """A prepared image as the network takes it: ``(H, W, C)`` with the model's channel count."""
+    x = x[..., None] if x.ndim == 2 else x
+    expected = model.inputs[0].shape[-1]
+    if x.shape[-1] != expected:
+        raise ValueError(f"`image` gives {x.shape[-1]} input channel(s) but the model expects {expected}")
+    return x
+
+
+def _outputs(task, raw, diameter) -> dict:
+    """What :func:`predict_instances` returns beside the labels: the task's named outputs, and the
+    diameter the image was sized by, if any."""
+    return {**get_task(task).outputs(raw), **({"diameter": diameter} if diameter else {})}
 
 
 def check_diameter(diameter):
@@ -483,20 +497,14 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         if task not in TASKS:
             raise ValueError(f"with a bare Keras model, give `task`, one of {sorted(TASKS)}; got {task!r}")
         pp = get_task(task).postprocess_class().with_overrides(**postprocess)
-    expected = model.inputs[0].shape[-1]
     x = prepare_image(image, input_config, input_stats) if input_config is not None else np.asarray(image, np.float32)
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.shape[-1] != expected:
-        raise ValueError(f"`image` gives {x.shape[-1]} input channel(s) but the model expects {expected}")
+    x = _network_input(x, model)
     if diameter and not train_diameter:
         raise ValueError("`diameter` was given but the training median diameter is unknown: pass `train_diameter`")
     diameter, factor = resolve_size(model, x, diameter, task=task, train_diameter=train_diameter, postprocess=pp)
     raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
                            batch_size=batch_size, tta=tta, input_multiple=multiple)
-    labels = raw_to_labels(raw, task, pp)
-    extra = {"diameter": diameter} if diameter else {}
-    return labels, {**get_task(task).outputs(raw), **extra}
+    return raw_to_labels(raw, task, pp), _outputs(task, raw, diameter)
 
 
 def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_TILE, overlap: float = 0.1,
@@ -525,15 +533,10 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
     train_d = run.meta.get("train_median_diameter")
     if diameter and not train_d:
         raise ValueError(f"{run.path}: meta.json has no train_median_diameter, so `diameter` cannot be used")
-    expected = run.model.inputs[0].shape[-1]
-    task = get_task(run.task)
     started, failed = deque(), deque()  # (path, diameter) of the images in the network; errors to report
 
     def prepared(path):
-        x = prepare_image(read_image(path), run.config.input)
-        if x.shape[-1] != expected:
-            raise ValueError(f"it gives {x.shape[-1]} input channel(s) but the model expects {expected}")
-        return x
+        return _network_input(prepare_image(read_image(path), run.config.input), run.model)
 
     def items():
         for path, x in read_ahead(prepared, [Path(p) for p in paths]):
@@ -551,7 +554,7 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
 
     def finish(path, d, raw, labels):
         try:
-            return path, labels.result(), {**task.outputs(raw), **({"diameter": d} if d else {})}
+            return path, labels.result(), _outputs(run.task, raw, d)
         except (OSError, ValueError) as exc:
             return path, exc
 
