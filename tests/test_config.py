@@ -17,11 +17,49 @@ def test_shipped_experiments_load(name):
 def test_pairs_differ_only_in_task():
     import dataclasses
     for a, b in [("boundary_unet", "flow_unet"), ("tiny_boundary", "tiny_flow"), ("tiny_distance", "tiny_flow"),
-                 ("dsb2018_boundary", "dsb2018_flow"), ("dsb2018_distance", "dsb2018_flow")]:
+                 ("dsb2018_boundary", "dsb2018_flow"), ("dsb2018_distance", "dsb2018_flow"),
+                 ("aitslab_nuclei_boundary", "aitslab_nuclei_flow"), ("aitslab_nuclei_distance", "aitslab_nuclei_flow"),
+                 ("aitslab_cells_boundary", "aitslab_cells_flow"), ("aitslab_cells_distance", "aitslab_cells_flow")]:
         ca, cb = load_config(EXPERIMENTS / f"{a}.yaml"), load_config(EXPERIMENTS / f"{b}.yaml")
         for section in ("data", "input", "augment", "train", "loss"):
             assert getattr(ca, section) == getattr(cb, section), (a, section)
         assert dataclasses.replace(ca.model, task="flow") == cb.model
+
+
+def test_lab_configs_name_their_channels_and_fine_tune_from_the_ready_model():
+    cells = load_config(EXPERIMENTS / "aitslab_cells_flow.yaml")
+    assert cells.input.channel_names == ("cytoplasm", "nuclei") and not cells.input.grey
+    assert cells.augment.target_diameter == 30  # Cellpose's cell size
+    tuned = load_config(EXPERIMENTS / "aitslab_cells_flow_finetune.yaml")
+    assert tuned.train.init_from == "nuclei" and tuned.train.init_channels == ("zero", 0)
+    import dataclasses
+    assert dataclasses.replace(tuned.train, init_from=None, init_channels=None,
+                               learning_rate=cells.train.learning_rate) == cells.train
+    nuclei = load_config(EXPERIMENTS / "aitslab_nuclei_flow_finetune.yaml")
+    assert nuclei.train.init_from == "nuclei" and nuclei.input.channels == 1
+
+
+def test_base_config_is_the_start_and_the_file_wins(tmp_path):
+    (tmp_path / "common.yaml").write_text("name: common\ntrain:\n  epochs: 7\n  batch_size: 4\nmodel:\n  depth: 3\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text("base: ../common.yaml\nname: child\ntrain:\n  epochs: 2\n")
+    cfg = load_config(tmp_path / "sub" / "child.yaml", ["train.seed=3"])
+    assert (cfg.name, cfg.train.epochs, cfg.train.batch_size, cfg.model.depth, cfg.train.seed) == ("child", 2, 4, 3, 3)
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"nowhere.yaml.*the base of .*orphan.yaml"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "typo.yaml").write_text("base: common.yaml\ntrain:\n  epoch: 2\n")
+    with pytest.raises(ConfigError, match="unknown key `train.epoch`"):
+        load_config(tmp_path / "typo.yaml")
+
+
+def test_init_channels_needs_init_from():
+    with pytest.raises(ConfigError, match="init_channels.*needs train.init_from"):
+        load_config(None, ["train.init_channels=[zero, 0]"])
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -232,9 +232,9 @@ def test_fine_tuning_from_a_run(tiny_flow, tmp_path, capsys):
     assert not all(np.array_equal(a, b) for a, b in zip(enc, src_enc))  # trained after step 3
 
     # a source that does not fit is refused before anything is written, naming what differs
-    for override, message in [(["model.task=boundary"], "model.task"), (["input.grey=false", "input.channels=3"],
-                               "input.channels"), (["model.base_filters=8"], "model.base_filters")]:
-        with pytest.raises(ValueError, match=f"{message}.*same task"):
+    for override, message in [(["model.task=boundary"], "model.task"), (["model.base_filters=8"], "model.base_filters"),
+                             (["input.grey=false", "input.channels=3"], "input channel.*train.init_channels")]:
+        with pytest.raises(ValueError, match=f"{message}"):
             run_experiment(load_config(tiny_yaml, base + override), run_dir=tmp_path / "bad", progress=False)
         assert not (tmp_path / "bad").exists()
     assert main(["train", str(tiny_yaml), "--init-from", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "bad"),
@@ -242,3 +242,27 @@ def test_fine_tuning_from_a_run(tiny_flow, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     with pytest.raises(ConfigErrorType, match="needs train.init_from"):
         load_config(tiny_yaml, ["train.freeze_encoder_steps=5"])
+
+
+def test_training_log_is_one_line_per_epoch_when_not_a_terminal(tmp_path, capsys):
+    """In a log file Keras' bar would be hundreds of carriage-return updates an epoch."""
+    import io
+
+    from unetflow.cli import main
+    from unetflow.train import fit_verbosity
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    assert fit_verbosity(True, Terminal()) == 1 and fit_verbosity(True, io.StringIO()) == 2
+    assert fit_verbosity(False, Terminal()) == 0
+    args = ["train", str(EXPERIMENTS / "tiny_flow.yaml"), "--run-dir", str(tmp_path / "run")]
+    for kv in ("train.epochs=2", "train.steps_per_epoch=3", "train.val_crops=4", "model.depth=2",
+               "model.base_filters=4", "augment.crop_size=48", "train.batch_size=2", "data.synthetic_images=8",
+               f"data.root={tmp_path / 'synth'}", f"data.cache={tmp_path / 'cache'}"):
+        args += ["--set", kv]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x08" not in out
+    import re
+    assert len(re.findall(r"^3/3 - .*loss: .*val_loss: ", out, flags=re.M)) == 2

@@ -34,6 +34,8 @@ def test_quickstart_end_to_end(quick):
         assert (out / "report" / f).is_file()
     assert "<table>" in (out / "report" / "report.html").read_text()
     assert list((out / "report").glob("flows_*.png")) and "Flow colour wheel" in text
+    n_test = int(pd.read_csv(json.loads((out / "flow" / "meta.json").read_text())["manifest"])["split"].eq("test").sum())
+    assert len(list((out / "report").glob("overlay_*.png"))) == min(3, n_test)  # one file per example
     assert "| flow (flow) - boundary (boundary) |" in text  # paired per-image differences
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .conventions import DEFAULT_TILE, SPLITS
+from .folders import SPLIT_MODES
 from .formats import FORMATS
 from .hardware import INFERENCE_PRECISIONS, import_tensorflow
 from .rundir import pretrained
@@ -186,6 +187,20 @@ def _data_group(args) -> int:
     return 0
 
 
+def _data_manifest(args) -> int:
+    from .folders import manifest_from_folders
+
+    fractions = (1.0, 0.0, 0.0) if args.split == "none" else (1 - args.val - args.test, args.val, args.test)
+    if min(fractions) < 0:
+        raise ValueError(f"--val {args.val} and --test {args.test} leave no images to train on")
+    table = manifest_from_folders(args.images_dir, args.labels_dir, args.out, split=args.split, fractions=fractions,
+                                  seed=args.seed)
+    counts = ", ".join(f"{k} {v}" for k, v in table["split"].value_counts().sort_index().items())
+    print(f"{len(table)} image/label pairs ({table['channels'].iloc[0]} channel(s); {counts}; median object "
+          f"{table['median_object_diameter_px'].median():.0f} px): {Path(args.out).resolve()}")
+    return 0
+
+
 #: Subcommands that run a network: they import TensorFlow quietly and name the device first.
 NETWORK_COMMANDS = ("train", "predict", "evaluate", "quickstart", "export")
 
@@ -314,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="series clustering cut, in standard deviations (default: %(default)s; 0: tiles only)")
     g.add_argument("--seed", type=int, default=0, help="first seed of the split search (default: %(default)s)")
     g.set_defaults(func=_data_group)
+    mf = dsub.add_parser("manifest", help="write a manifest from a folder of images and a folder of labels "
+                                          "(paired by name; every pair checked, every problem reported)")
+    mf.add_argument("images_dir", metavar="IMAGES_DIR")
+    mf.add_argument("labels_dir", metavar="LABELS_DIR", help="label images named as their image, optionally with "
+                                                              "a suffix such as _labels or _masks")
+    mf.add_argument("--out", default="manifest.csv", help="the manifest to write; its paths are relative to its "
+                                                          "folder (default: %(default)s)")
+    mf.add_argument("--split", choices=SPLIT_MODES, default="random",
+                    help="random: image by image; by-group: tiles of one field and acquisition series stay in one "
+                         "split; none: all train (default: %(default)s)")
+    mf.add_argument("--val", type=float, default=0.2, help="share of images for val (default: %(default)s)")
+    mf.add_argument("--test", type=float, default=0.0, help="share of images for test (default: %(default)s)")
+    mf.add_argument("--seed", type=int, default=0, help="seed of the split (default: %(default)s)")
+    mf.set_defaults(func=_data_manifest)
     return parser
 
 

@@ -1,7 +1,9 @@
 """Experiment configuration: YAML files loaded into dataclasses whose defaults are the only defaults.
 
-An unknown key is an error naming the key and the file; ``--set section.key=value`` overrides
-any field (the value is parsed as YAML: ``--set train.epochs=2``, ``--set augment.scale_range=[0.8,1.25]``).
+An unknown key is an error naming the key and the file; ``base: OTHER.yaml`` (relative to the
+file) starts from another config, so sibling experiments state only how they differ (the lab's
+``aitslab_cells_boundary.yaml`` is ``aitslab_cells.yaml`` with ``model.task: boundary``);
+``--set section.key=value`` overrides any field (the value is parsed as YAML: ``--set train.epochs=2``, ``--set augment.scale_range=[0.8,1.25]``).
 """
 from __future__ import annotations
 
@@ -32,8 +34,10 @@ class DataConfig:
     Attributes
     ----------
     manifest : str or None
-        Manifest CSV (relative paths are relative to the current directory).  None, or
-        ``"synthetic"``, uses the embedded synthetic nuclei set.
+        Manifest CSV.  A relative path is looked for in the data folder (`root`, then
+        $UNETFLOW_DATA) first, then in the current directory
+        (:func:`unetflow.manifest.find_manifest`).  None, or ``"synthetic"``, uses the embedded
+        synthetic nuclei set.
     root : str or None
         Data root for the manifest's paths (default: $UNETFLOW_DATA, then the manifest's folder).
     cache : str or None
@@ -134,8 +138,16 @@ class TrainConfig:
         the chief writes the run directory.
     seed : int
     init_from : str or None
-        Fine-tuning: start from the weights of this run directory's ``best.keras`` (same task, input
-        channels and architecture) instead of random ones; recorded in the run's meta.
+        Fine-tuning: start from the weights of this run directory's (or ready model's) ``best.keras``
+        (same task and architecture) instead of random ones; recorded in the run's meta.
+    init_channels : list or None
+        When the source takes other input channels than this config (e.g. the one-channel
+        ``nuclei`` model for two-channel cells): for each of this config's input channels, in
+        order, the source channel whose first-layer weights it starts from (an index, or the
+        source's channel name), or ``"zero"`` for a new channel that starts at zero.  ``[zero, 0]``
+        starts ``[cytoplasm, nuclei]`` from a grey nuclei model with the cytoplasm at zero;
+        ``[0, 0]`` copies the grey weights into both.  Only the first convolution differs; every
+        other weight is carried over as it is.  Recorded in the run's meta.
     freeze_encoder_steps : int
         Fine-tuning: keep the contracting path (``down*`` layers, their batch norms in inference
         mode) fixed for the first N steps, so a new head and decoder settle before the pretrained
@@ -156,6 +168,7 @@ class TrainConfig:
     strategy: str = "default"
     seed: int = 0
     init_from: str | None = None
+    init_channels: tuple | None = None
     freeze_encoder_steps: int = 0
 
     def __post_init__(self):
@@ -170,6 +183,15 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.freeze_encoder_steps and not self.init_from:
             raise ValueError("train.freeze_encoder_steps freezes pretrained weights: it needs train.init_from")
+        if self.init_channels is not None:
+            if not self.init_from:
+                raise ValueError("train.init_channels maps the input channels of train.init_from: it needs "
+                                 "train.init_from")
+            object.__setattr__(self, "init_channels", tuple(self.init_channels))
+            for c in self.init_channels:
+                if not (c == "zero" or (isinstance(c, int) and c >= 0) or isinstance(c, str)):
+                    raise ValueError(f"train.init_channels entries are a source channel (index or name) or "
+                                     f"'zero', got {c!r}")
         if self.freeze_encoder_steps < 0:
             raise ValueError(f"train.freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}")
 
@@ -253,6 +275,35 @@ def apply_overrides(values: dict, overrides, source="--set") -> dict:
     return values
 
 
+def _merge(base: dict, values: dict) -> dict:
+    """`values` over `base`, section by section."""
+    out = dict(base)
+    for key, value in values.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, seen=()) -> dict:
+    """A config file's values, on top of its ``base`` config's (recursively)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: experiment config not found" + (f" (the base of {seen[-1]})" if seen else ""))
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: `base` must be the path of another config, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: `base` {base} leads back to itself")
+    return _merge(_read_yaml(base_path, (*seen, path.resolve())), values)
+
+
 def load_config(path=None, overrides=()) -> ExperimentConfig:
     """Load an experiment YAML (or only defaults when `path` is None) with overrides applied.
 
@@ -265,14 +316,7 @@ def load_config(path=None, overrides=()) -> ExperimentConfig:
     """
     values, source = {}, "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: experiment config not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        source = str(path)
+        values, source = _read_yaml(Path(path)), str(path)
     values = apply_overrides(values, overrides)
     src = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
     return _build(ExperimentConfig, values, "", src)

@@ -45,10 +45,10 @@ CITATIONS = [
 
 
 def _test_image(run, side: int):
-    """A raw grey test image from the run's own data: the first val image whose background is dark
+    """A raw test image (in the network's channels) from the run's own data: the first val image whose background is dark
     (the one polarity the package's pre-processing reproduces), cropped to `side` px."""
     from .evaluate import _split_files
-    from .preprocess import _channels, input_stats
+    from .preprocess import input_stats, network_channels
 
     cfg = run.config
     try:
@@ -56,11 +56,11 @@ def _test_image(run, side: int):
     except (OSError, ValueError) as exc:
         raise ValueError(f"export needs the run's own data for its test tensors: {exc}") from None
     for path in images:
-        grey = _channels(read_image(path), cfg.input)
-        if not any(input_stats(grey, cfg.input).invert):
-            h, w = grey.shape[:2]
+        image = network_channels(read_image(path), cfg.input)
+        if not any(input_stats(image, cfg.input).invert):
+            h, w = image.shape[:2]
             y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
-            return path, grey[y:y + side, x:x + side]
+            return path, image[y:y + side, x:x + side]
     raise ValueError(f"no val image of {run.path} has a dark background; the package's test needs one")
 
 
@@ -119,7 +119,7 @@ def _documentation(run, task, params, name: str, scores: dict | None) -> str:
         f"unetflow {__version__} for instance segmentation with "
         f"{task.name} labels (run `{run.path.name}`).", "",
         "## Input", "",
-        f"One grey channel, `(batch, y, x, 1)`, y and x multiples of {params['input_multiple']}. The package "
+        f"Channels {list(cfg.input.names)}, `(batch, y, x, {cfg.input.channels})`, y and x multiples of {params['input_multiple']}. The package "
         f"scales each image's {lo} and {hi} percentiles to 0 and 1 (`scale_range`).",
         "What the description cannot express, and a consumer must do before the network:", "",
         "* colour images: average the channels to one grey channel;" if cfg.input.grey else
@@ -207,6 +207,7 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
         scores = {k: summary[k] for k in ("ap50", "ap75", "ap90") if isinstance(summary.get(k), (int, float))}
         (tmp / "README.md").write_text(_documentation(run, task, params, name, scores))
         space = {"min": m, "step": m}
+        cfg_in = run.config.input
 
         def file(name):
             return {"source": name, "sha256": hash_file(tmp / name).hexdigest()}
@@ -221,11 +222,11 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
             "tags": ["unet", "instance-segmentation", "nuclei", "2d", "keras", "tensorflow", "unetflow", task.name],
             "timestamp": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
             "inputs": [{
-                "id": input_id, "description": "one grey channel; see the documentation for colour and "
-                                               "bright-background images",
+                "id": input_id, "description": f"channels {', '.join(cfg_in.names)}; see the documentation for colour "
+                                               "and bright-background images",
                 "axes": [{"type": "batch"}, {"type": "space", "id": "y", "size": space},
                          {"type": "space", "id": "x", "size": space},
-                         {"type": "channel", "channel_names": ["grey"]}],
+                         {"type": "channel", "channel_names": list(cfg_in.names)}],
                 "test_tensor": file("test_input.npy"), "sample_tensor": file("sample_input.tif"),
                 "data": {"type": "float32"},
                 "preprocessing": [{"id": "scale_range", "kwargs": {

@@ -18,7 +18,7 @@ import pandas as pd
 from .conventions import SPLITS
 from .io import hash_file
 
-__all__ = ["Manifest", "ManifestError", "read_manifest", "resolve_data_root", "SPLITS", "DATA_ENV"]
+__all__ = ["Manifest", "ManifestError", "read_manifest", "find_manifest", "resolve_data_root", "SPLITS", "DATA_ENV"]
 
 REQUIRED_COLUMNS = ("image", "label", "split")
 DATA_ENV = "UNETFLOW_DATA"
@@ -43,6 +43,28 @@ def resolve_data_root(manifest_path, data_root=None) -> Path:
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser().resolve()
     return Path(manifest_path).resolve().parent
+
+
+def find_manifest(manifest, data_root=None) -> Path:
+    """The manifest file a config names: a relative path is looked up in the data folder
+    (`data_root`, then ``$UNETFLOW_DATA``) first, so a data set that carries its own
+    ``manifest.csv`` needs only its folder; then relative to the current directory.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming every place looked in.
+    """
+    manifest = Path(manifest).expanduser()
+    folder = data_root or os.environ.get(DATA_ENV)
+    candidates = [manifest] if manifest.is_absolute() else [
+        *([Path(folder).expanduser() / manifest] if folder else []), manifest]
+    for path in candidates:
+        if path.is_file():
+            return path
+    where = " or ".join(str(p) for p in candidates)
+    hint = "" if folder else f" (set ${DATA_ENV} or data.root to the data folder that holds it)"
+    raise FileNotFoundError(f"{manifest}: manifest not found: looked for {where}{hint}")
 
 
 @dataclass

@@ -62,7 +62,7 @@ def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress
         manifest = Path(data) / "manifest.csv"
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: --data must be a folder with a manifest.csv")
-        common += [f"data.manifest={manifest}", f"data.root={Path(data).resolve()}"]
+        common += [f"data.manifest={manifest}", f"data.root={Path(data).resolve()}", *input_overrides(manifest)]
         where = f"data in {data}"
     else:
         common += [f"data.root={out / 'synthetic'}"]
@@ -88,9 +88,24 @@ def quickstart(data=None, out="runs/quickstart", budget: str = "small", progress
     return report
 
 
+def input_overrides(manifest) -> list:
+    """Config overrides for the channels of a data folder's images (its manifest's ``channels``
+    column): stains of 2 channels (or more than 4) go to the network as they are, never averaged
+    to grey; grey and colour images keep the grey default."""
+    import pandas as pd
+
+    from .preprocess import COLOUR_CHANNELS
+
+    table = pd.read_csv(manifest)
+    counts = set(table["channels"].dropna().astype(int)) if "channels" in table.columns else set()
+    if len(counts) != 1 or (n := counts.pop()) == 1 or n in COLOUR_CHANNELS:
+        return []
+    return [f"input.channels={n}", "input.grey=false", "input.invert_bright_background=false"]
+
+
 def summary_table(summaries: dict) -> str:
     """A Markdown table of ``{(run, split): summary}``: AP at 0.5/0.75/0.9, mean F1, merges, splits."""
-    lines = ["| run | split | images | nuclei | AP@0.5 | AP@0.75 | AP@0.9 | mean F1 | merges | splits |",
+    lines = ["| run | split | images | objects | AP@0.5 | AP@0.75 | AP@0.9 | mean F1 | merges | splits |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (run, split), s in sorted(summaries.items(), key=lambda kv: (kv[0][1] != "val", kv[0][0])):
         lines.append(f"| {run} | {split} | {s['n_images']} | {s['n_true']} | {s['ap50']:.3f} | {s['ap75']:.3f} | "

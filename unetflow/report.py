@@ -26,6 +26,20 @@ COLUMNS = [("AP@0.5", "ap50"), ("AP@0.75", "ap75"), ("AP@0.9", "ap90"), ("mean F
 ERRORS = ("missed", "extra", "merges", "splits")
 
 
+#: Side (px) of the native-resolution crop shown under the thumbnail of a larger example image.
+EXAMPLE_CROP = 256
+
+
+def figure_stem(name: str) -> str:
+    """A file-name stem for a figure of image `name`, unique whatever the names: a readable
+    prefix and a hash of the whole name (images of one screen share long prefixes)."""
+    import hashlib
+    import re
+
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:32]
+    return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def _load_eval(run_dir: Path, split: str):
     rd = RunDir(run_dir)
     return rd.eval_summary(split), rd.eval_table(split)
@@ -94,28 +108,42 @@ def _plots(runs, out: Path, split: str):
         order = (b - a).abs().sort_values(ascending=False).index.tolist()
         names = [n for n in order if n in names]
     images, labels = _example_files(first_dir, split)
-    from .viz import outline_overlay, to_grey
+    from .viz import detail_window, outline_overlay, to_grey
     for name in names[:3]:
         if name not in images:
             continue
         img = read_image(images[name])
         truth = read_labels(labels[name])
-        fig, axes = plt.subplots(1, len(runs) + 1, figsize=(4 * (len(runs) + 1), 4))
-        axes[0].imshow(to_grey(img), cmap="gray")
-        axes[0].contour(truth > 0, [0.5], colors="lime", linewidths=0.6)
-        axes[0].set_title(f"{name[:12]}: truth ({truth.max()})", fontsize=9)
-        for ax, (run_dir, summary, table) in zip(axes[1:], runs):
+        preds = []
+        for run_dir, summary, table in runs:
             path = RunDir(run_dir).eval_labels(split, name)
-            pred = read_labels(path) if path.is_file() else np.zeros_like(truth)
-            ax.imshow(outline_overlay(img, truth, pred))
             row = table[(table["image"] == name) & (table["thresh"] == 0.5)]
-            ap = float(row["ap"].iloc[0]) if len(row) else float("nan")
-            ax.set_title(f"{_label(run_dir, summary)}: AP@0.5 {ap:.2f}", fontsize=9)
-        for ax in axes:
+            preds.append((read_labels(path) if path.is_file() else np.zeros_like(truth),
+                          f"{_label(run_dir, summary)}: AP@0.5 {float(row['ap'].iloc[0]) if len(row) else float('nan'):.2f}"))
+        # a large image shrunk to a thumbnail hides 1-px outlines: add a crop at native resolution
+        window = detail_window(truth, [p for p, _ in preds], EXAMPLE_CROP) if max(truth.shape) > EXAMPLE_CROP else None
+        rows = 1 if window is None else 2
+        fig, axes = plt.subplots(rows, len(runs) + 1, figsize=(4 * (len(runs) + 1), 4 * rows), squeeze=False)
+        for r in range(rows):
+            sl = (slice(None), slice(None)) if r == 0 else window
+            axes[r, 0].imshow(to_grey(img[sl]), cmap="gray")
+            axes[r, 0].contour(truth[sl] > 0, [0.5], colors="lime", linewidths=0.6)
+            for ax, (pred, title) in zip(axes[r, 1:], preds):
+                ax.imshow(outline_overlay(img[sl], truth[sl], pred[sl]))
+                ax.set_title(title if r == 0 else f"{EXAMPLE_CROP} px at native resolution", fontsize=9)
+        axes[0, 0].set_title(f"{name}: truth ({truth.max()})", fontsize=8)
+        if window is not None:
+            from matplotlib.patches import Rectangle
+            (y, x) = (window[0].start, window[1].start)
+            for ax in axes[0]:
+                ax.add_patch(Rectangle((x, y), window[1].stop - x, window[0].stop - y, fill=False, ec="yellow", lw=1))
+        for ax in axes.ravel():
             ax.axis("off")
-        fig.suptitle("green: true outlines, magenta: predicted", fontsize=9)
-        _savefig(fig, out / f"overlay_{name[:12]}.png")
-        files.append((f"Example {name[:12]}", f"overlay_{name[:12]}.png"))
+        fig.suptitle("green: true outlines, magenta: predicted" + ("; yellow: the crop below" if rows == 2 else ""),
+                     fontsize=9)
+        stem = figure_stem(name)
+        _savefig(fig, out / f"overlay_{stem}.png")
+        files.append((f"Example {name}", f"overlay_{stem}.png"))
     # flow colour wheels of an image whose raw outputs every flow run kept (evaluate keeps a few)
     flow_runs = [d for d, s, _ in runs if s["task"] == "flow"]
     kept = [n for n in names if n in labels and
@@ -132,8 +160,9 @@ def _plots(runs, out: Path, split: str):
             ax.set_title(f"predicted flows: {d.name}", fontsize=9)
         for ax in axes:
             ax.axis("off")
-        _savefig(fig, out / f"flows_{name[:12]}.png")
-        files.append((f"Flow colour wheel {name[:12]}", f"flows_{name[:12]}.png"))
+        stem = figure_stem(name)
+        _savefig(fig, out / f"flows_{stem}.png")
+        files.append((f"Flow colour wheel {name}", f"flows_{stem}.png"))
     return files
 
 

@@ -189,7 +189,7 @@ def assign_splits(groups, strata, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> n
 
     Within each stratum (e.g. modality) the groups are shuffled (seeded).  Each group goes to val,
     else test, if it fits in what that split still lacks of its share (with 25 % slack), else to
-    train; so a large series always trains.  A split left empty then takes the stratum's smallest
+    train; so a large series always trains.  A split left empty (with a share above 0) then takes the stratum's smallest
     train group, if the stratum has at least three groups.  A group that spans strata goes where
     its first stratum sends it.
 
@@ -214,7 +214,7 @@ def assign_splits(groups, strata, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> n
             chosen[g] = s
         for s in ("val", "test"):
             spare = sorted((sizes[g], g) for g in gids if chosen[g] == "train")
-            if have[s] == 0 and len(gids) >= 3 and len(spare) > 1:
+            if have[s] == 0 and want[s] > 0 and len(gids) >= 3 and len(spare) > 1:
                 chosen[spare[0][1]] = s
                 have[s] += spare[0][0]
         for g, s in chosen.items():

@@ -20,7 +20,8 @@ from .io import atomic_write
 from .rundir import RunDir, model_params, read_run
 from .tasks import get_task
 
-__all__ = ["run_experiment", "resolve_data", "build_model", "TrainingDivergedError", "RunData", "read_run"]
+__all__ = ["run_experiment", "resolve_data", "build_model", "TrainingDivergedError", "RunData", "read_run",
+           "input_channel_map", "carry_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class RunData:
 
 def resolve_data(config: ExperimentConfig) -> RunData:
     """Find the manifest (or make the synthetic set) and list the files of each split."""
-    from .manifest import read_manifest
+    from .manifest import find_manifest, read_manifest
     from .precompute import cache_env_default
     from .synthetic import make_synthetic_dataset
 
@@ -55,7 +56,7 @@ def resolve_data(config: ExperimentConfig) -> RunData:
             make_synthetic_dataset(folder, n_images=d.synthetic_images, seed=config.train.seed)
         manifest = read_manifest(manifest_path, folder)
     else:
-        manifest = read_manifest(d.manifest, d.root)
+        manifest = read_manifest(find_manifest(d.manifest, d.root), d.root)
     splits = {}
     for split, limit in (("train", d.max_train_images), ("val", d.max_val_images), ("test", None)):
         rows = manifest.table.index[manifest.table["split"] == split][:limit]
@@ -285,9 +286,21 @@ def _callbacks(rd: RunDir, state: dict, patience):
     return ckpt, cbs
 
 
+def fit_verbosity(progress: bool, stream=None) -> int:
+    """Keras ``fit``'s `verbose`: its per-step bar on a terminal, one line per epoch in a log file
+    or pipe (a bar there is hundreds of carriage-return updates an epoch), nothing without progress."""
+    import sys
+
+    if not progress:
+        return 0
+    stream = stream if stream is not None else sys.stdout
+    return 1 if getattr(stream, "isatty", lambda: False)() else 2
+
+
 def _init_source(config: ExperimentConfig) -> dict | None:
-    """Check ``train.init_from`` before any file is written: a finished run of the same task, input
-    channels and architecture.  Returns what the run's meta records about it."""
+    """Check ``train.init_from`` before any file is written: a finished run of the same task and
+    architecture, whose input channels are this config's or are mapped by ``train.init_channels``.
+    Returns what the run's meta records about it."""
     src = config.train.init_from
     if not src:
         return None
@@ -297,16 +310,86 @@ def _init_source(config: ExperimentConfig) -> dict | None:
     if not model_file.is_file():
         raise FileNotFoundError(f"train.init_from: {model_file} does not exist; was {src} trained?")
     mine, theirs = config.model, src_config.model
-    checks = [("model.task", mine.task, theirs.task), ("input.channels", config.input.channels, src_config.input.channels),
+    checks = [("model.task", mine.task, theirs.task),
               *[(f"model.{k}", getattr(mine, k), getattr(theirs, k)) for k in ("depth", "base_filters", "batch_norm",
                                                                                  "head_relu")]]
     for key, a, b in checks:
         if a != b:
             raise ValueError(f"train.init_from: {src} has {key} = {b!r}, this config {a!r}; fine-tuning needs the "
-                             "same task, input channels and architecture")
+                             "same task and architecture")
+    channels = input_channel_map(config.input, src_config.input, config.train.init_channels, src)
     from .io import hash_file
     return {"run": str(rd.path.resolve()), "model": model_file.name, "sha256": hash_file(model_file).hexdigest(),
-            "epochs_done": src_state.get("epochs_done"), "freeze_encoder_steps": config.train.freeze_encoder_steps}
+            "epochs_done": src_state.get("epochs_done"), "freeze_encoder_steps": config.train.freeze_encoder_steps,
+            **({"input_channels": channels} if channels else {})}
+
+
+def input_channel_map(mine, theirs, init_channels, src) -> dict | None:
+    """Which source input channel each of this config's input channels starts from.
+
+    Parameters
+    ----------
+    mine, theirs : InputConfig
+        This config's input and the source run's.
+    init_channels : sequence or None
+        ``train.init_channels``: per channel of `mine`, a source channel (index or name) or ``"zero"``.
+    src : str
+        The source, for messages.
+
+    Returns
+    -------
+    dict or None
+        ``{this channel's name: (source channel index, or None for zero)}``, or None when the
+        channels are the same and no mapping was given (the weights are taken as they are).
+
+    Raises
+    ------
+    ValueError
+        If the channel counts differ without a mapping, or the mapping names a channel the source
+        does not have, or has the wrong length.
+    """
+    if init_channels is None:
+        if mine.channels != theirs.channels:
+            raise ValueError(f"train.init_from: {src} takes {theirs.channels} input channel(s) {list(theirs.names)}, "
+                             f"this config {mine.channels} {list(mine.names)}; say which source channel each of "
+                             f"them starts from with train.init_channels (e.g. [zero, 0])")
+        return None
+    if len(init_channels) != mine.channels:
+        raise ValueError(f"train.init_channels has {len(init_channels)} entries, but this config's input has "
+                         f"{mine.channels} channel(s) {list(mine.names)}: one entry per channel")
+    out = {}
+    for name, c in zip(mine.names, init_channels):
+        if c == "zero":
+            out[name] = None
+        elif isinstance(c, int) and c < theirs.channels:
+            out[name] = c
+        elif isinstance(c, str) and c in theirs.names:
+            out[name] = theirs.names.index(c)
+        else:
+            raise ValueError(f"train.init_channels: {src} has no input channel {c!r} (its channels: "
+                             f"{list(theirs.names)}, indices 0..{theirs.channels - 1}, or 'zero')")
+    return out
+
+
+#: The one layer whose weights depend on the input channels (see :func:`unetflow.models.unet_backbone`).
+FIRST_CONV = "down0_conv1"
+
+
+def carry_weights(source, model, channel_map: dict | None = None) -> None:
+    """Copy every weight of `source` into `model` (same architecture), the first convolution's input
+    channels through `channel_map` (:func:`input_channel_map`; a channel mapped to None starts at 0)."""
+    import numpy as np
+
+    for layer in model.layers:
+        weights = source.get_layer(layer.name).get_weights()
+        if layer.name == FIRST_CONV and channel_map is not None:
+            kernel, *rest = weights
+            mapped = np.zeros(kernel.shape[:2] + (len(channel_map),) + kernel.shape[3:], kernel.dtype)
+            for c, k in enumerate(channel_map.values()):
+                if k is not None:
+                    mapped[:, :, c] = kernel[:, :, k]
+            weights = [mapped, *rest]
+        layer.set_weights(weights)
 
 
 def _encoder_layers(model):
@@ -447,7 +530,8 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
                               metrics=task.metrics())
                 if init:
                     from .models import load_model
-                    model.set_weights(load_model(Path(init["run"]) / init["model"]).get_weights())  # the file hashed
+                    carry_weights(load_model(Path(init["run"]) / init["model"]), model,  # the file hashed
+                                  init.get("input_channels"))
             if t.freeze_encoder_steps and int(model.optimizer.iterations.numpy()) < t.freeze_encoder_steps:
                 # the optimizer knows every variable before some are frozen, so releasing them later
                 # needs no new optimizer (and keeps its schedule and moments)
@@ -464,7 +548,7 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         state["status"] = "running"
         try:
             model.fit(train_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
-                      validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=1 if progress else 0)
+                      validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=fit_verbosity(progress))
         except KeyboardInterrupt:
             state["status"] = "interrupted"
             rd.write_json(rd.STATE, state)

@@ -1,0 +1,93 @@
+"""Break the library on purpose and check that the test named after each behaviour fails.
+
+Each mutation replaces one piece of source text, runs the tests that guard it, and restores the
+file.  A mutation whose tests still pass is a behaviour nothing checks.
+
+    python tests/mutations.py            # all mutations
+    python tests/mutations.py grey       # those whose name contains "grey"
+
+Not collected by pytest (the file name does not start with ``test_``); it prints one line per
+mutation and exits non-zero if any mutation survived.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: name, file, text to replace, replacement, tests that must fail
+MUTATIONS = [
+    ("grey averages stains", "unetflow/preprocess.py",
+     "if config.grey and have in COLOUR_CHANNELS:", "if config.grey:",
+     "tests/test_channels.py::test_a_cytoplasm_channel_is_never_averaged_with_a_nuclear_one"),
+    ("named channels repeat a grey image", "unetflow/preprocess.py",
+     "if have == 1 and not config.grey and config.channel_names is None:", "if have == 1 and not config.grey:",
+     "tests/test_channels.py::test_a_cytoplasm_channel_is_never_averaged_with_a_nuclear_one"),
+    ("one normalisation for all channels", "unetflow/preprocess.py",
+     "lo, hi = np.percentile(flipped, list(config.percentiles), axis=(0, 1))",
+     "lo, hi = (np.full(flipped.shape[-1], v) for v in np.percentile(flipped, list(config.percentiles)))",
+     "tests/test_channels.py::test_each_channel_is_normalised_to_its_own_percentiles"),
+    ("init channels not mapped", "unetflow/train.py",
+     "mapped[:, :, c] = kernel[:, :, k]", "mapped[:, :, c] = kernel[:, :, 0] * 0",
+     "tests/test_channels.py::test_init_channels_maps_the_first_layer_and_keeps_the_rest"),
+    ("init channels ignored", "unetflow/train.py",
+     "carry_weights(load_model(Path(init[\"run\"]) / init[\"model\"]), model,  # the file hashed\n"
+     "                                  init.get(\"input_channels\"))", "pass",
+     "tests/test_channels.py::test_two_channel_model_from_a_one_channel_source "
+     "tests/test_train.py::test_fine_tuning_from_a_run"),
+    ("figure names cut short", "unetflow/report.py",
+     'return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"', "return readable[:12]",
+     "tests/test_report.py::test_figure_names_are_unique_whatever_the_image_names"),
+    ("detail window at the corner", "unetflow/viz.py",
+     "y, x = (int(v) for v in np.unravel_index(int(np.argmax(inner)), inner.shape))", "y, x = 0, 0",
+     "tests/test_report.py::test_detail_window_shows_where_the_objects_are"),
+    ("per-step bar in logs", "unetflow/train.py",
+     'return 1 if getattr(stream, "isatty", lambda: False)() else 2', "return 1",
+     "tests/test_train.py::test_training_log_is_one_line_per_epoch_when_not_a_terminal"),
+    ("manifest only in the current directory", "unetflow/manifest.py",
+     "*([Path(folder).expanduser() / manifest] if folder else []), manifest]", "manifest]",
+     "tests/test_manifest.py::test_a_config_manifest_is_found_in_the_data_folder"),
+    ("label suffixes not stripped", "unetflow/folders.py",
+     "            return stem[: -len(suffix)]", "            return stem",
+     "tests/test_manifest.py::test_manifest_from_two_folders"),
+    ("base config ignored", "unetflow/config.py",
+     "    return _merge(_read_yaml(base_path, (*seen, path.resolve())), values)", "    return values",
+     "tests/test_config.py::test_base_config_is_the_start_and_the_file_wins"),
+    ("quickstart averages stains", "unetflow/quickstart.py",
+     'return [f"input.channels={n}", "input.grey=false", "input.invert_bright_background=false"]', "return []",
+     "tests/test_channels.py::test_quickstart_keeps_stains_apart"),
+]
+
+
+def run(mutation) -> bool:
+    """Apply one mutation, run its tests, restore; True when the tests caught it."""
+    name, rel, old, new, tests = mutation
+    path = REPO / rel
+    source = path.read_text()
+    if source.count(old) != 1:
+        raise SystemExit(f"{name}: the text to replace occurs {source.count(old)} times in {rel}")
+    try:
+        path.write_text(source.replace(old, new))
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests.split()],
+                                cwd=REPO, capture_output=True, text=True)
+    finally:
+        path.write_text(source)
+    return result.returncode != 0
+
+
+def main(argv) -> int:
+    chosen = [m for m in MUTATIONS if not argv or any(a in m[0] for a in argv)]
+    survived = []
+    for m in chosen:
+        caught = run(m)
+        print(f"{'caught  ' if caught else 'SURVIVED'} {m[0]}", flush=True)
+        if not caught:
+            survived.append(m[0])
+    print(f"{len(chosen) - len(survived)} caught, {len(survived)} survived")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
