@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--cellpose3", help="python of a venv with cellpose 3.x: compare the post-processing")
     args = ap.parse_args()
 
-    from unetflow.evaluate import _split_files
+    from unetflow.evaluate import split_files
     from unetflow.hardware import cpu_flags, import_tensorflow, inference_policy
     from unetflow.io import read_image, read_labels
     from unetflow.metrics import matching_dataset
@@ -105,7 +105,7 @@ def main():
     rows, bare_rows, post_rows = [], [], []
     for run_dir in args.runs:
         run = load_run(run_dir, precision=args.precision)
-        images, labels = (files[: args.limit + 1] for files in _split_files(run, args.split)[:2])
+        images, labels = (files[: args.limit + 1] for files in split_files(run, args.split)[:2])
         config = run.postprocess_config()
         flops = conv_flops_per_pixel(run.model)
         # images read and prepared outside the timing; the first one warms up TensorFlow and numba

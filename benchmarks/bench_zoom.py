@@ -23,14 +23,14 @@ def zoomed_copy(run, split: str, zoom: float, work: Path) -> Path:
     """A manifest of `split` with every image and label zoomed by `zoom` (written once)."""
     from skimage.transform import rescale
 
-    from unetflow.evaluate import _split_files
+    from unetflow.evaluate import split_files
     from unetflow.io import read_image, read_labels, write_image, write_labels
 
     out = work / f"{split}_zoom{zoom:g}"
     manifest = out / "manifest.csv"
     if manifest.is_file():
         return manifest
-    images, labels, names, rows = _split_files(run, split)
+    images, labels, names, rows = split_files(run, split)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for img, lab, name in zip(images, labels, names):

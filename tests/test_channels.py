@@ -136,6 +136,7 @@ def cells_run(tmp_path_factory):
                             run_dir=tmp / "nuclei", progress=False)
     cells = run_experiment(load_config(REPO / "experiments" / "tiny_flow.yaml", tiny + [
         "data.manifest=" + str(tmp / "cells" / "manifest.csv"), "input.channels=2", "input.grey=false",
+        "input.invert_bright_background=false",
         "input.channel_names=[cytoplasm, nuclei]", "train.init_from=" + str(source),
         "train.init_channels=[zero, 0]"]), run_dir=tmp / "cells_run", progress=False)
     return source, cells, tmp / "cells"
@@ -165,3 +166,38 @@ def test_two_channel_prediction_and_evaluation(cells_run):
         predict_instances(cells, image[..., 1])
     s = evaluate_run(cells, "val", progress=False)
     assert s["n_images"] == 2 and s["n_true"] > 0
+
+
+def test_two_channel_napari_widget_formats_and_export(cells_run, tmp_path):
+    """The napari widget takes the stains as one (2, H, W) layer, as (H, W, 2) or as two layers,
+    and the output formats and the bioimage.io export carry the two named channels."""
+    from types import SimpleNamespace
+
+    from unetflow._napari import segment
+    from unetflow.formats import write_outputs
+    from unetflow.io import read_image
+    from unetflow.predict import predict_instances
+
+    _, cells, data = cells_run
+    image = read_image(data / "images" / "synth_009.tif")
+    expected, raw = predict_instances(cells, image)
+    for layers in ([np.moveaxis(image, -1, 0)], [image], [image[..., 0], image[..., 1]]):
+        args = [SimpleNamespace(data=a, name="cells") for a in layers]
+        (labels, _, kind), _ = segment(args[0], *args[1:], run=str(cells))
+        assert kind == "labels" and np.array_equal(labels, expected)
+    with pytest.raises(ValueError, match=r"has 1 channel\(s\) but the model takes 2"):
+        segment(SimpleNamespace(data=image[..., 1], name="nuclei only"), run=str(cells))
+    write_outputs(tmp_path, "synth_009", expected, raw, ("labels", "cellpose"), filename=data / "images" / "synth_009.tif")
+    assert (tmp_path / "synth_009_seg.npy").is_file() and (tmp_path / "synth_009_labels.tif").is_file()
+    import zipfile
+
+    import yaml
+
+    from unetflow.export import export_bioimageio
+
+    package = export_bioimageio(cells, tmp_path / "cells.zip")
+    with zipfile.ZipFile(package) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        zf.extract("test_input.npy", tmp_path)
+    assert rdf["inputs"][0]["axes"][-1]["channel_names"] == ["cytoplasm", "nuclei"]
+    assert np.load(tmp_path / "test_input.npy").shape[-1] == 2

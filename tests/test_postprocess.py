@@ -216,7 +216,7 @@ def test_compute_masks_bad_input():
     bad[0, 3, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         compute_masks(bad, np.zeros((10, 10)))
-    with pytest.raises(TypeError, match="unknown post-processing option"):
+    with pytest.raises(ValueError, match="unknown post-processing option"):
         compute_masks(dP, np.zeros((10, 10)), cellprob_treshold=0.5)
     assert compute_masks(dP, np.full((10, 10), -5.0)).max() == 0  # nothing above threshold
 

@@ -283,3 +283,23 @@ def test_data_fetch_from_local_archive(tmp_path):
     assert len(m) == 3
     lab = read_labels(m.label_path(0))
     assert lab.max() == 2 and tifffile.imread(m.label_path(0)).dtype == np.uint16
+
+
+def test_cli_bugs_keep_their_traceback(monkeypatch, capsys):
+    """The user's errors are one line; a bug (here a TypeError inside a command) is not hidden,
+    and under -v every error keeps its traceback."""
+    import unetflow.cli as cli
+
+    def broken(args):
+        raise TypeError("a bug")
+
+    def bad_input(args):
+        raise ValueError("--thing: must be positive")
+    monkeypatch.setattr(cli, "_data_group", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["data", "group", "m.csv"])
+    monkeypatch.setattr(cli, "_data_group", bad_input)
+    assert cli.main(["data", "group", "m.csv"]) == 2
+    assert "unetflow data: error: --thing: must be positive" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be positive"):
+        cli.main(["-v", "data", "group", "m.csv"])

@@ -9,7 +9,7 @@ live annotations.)
 """
 
 from pathlib import Path
-from typing import Annotated, List
+from typing import Annotated, List, Optional
 
 import numpy as np
 
@@ -19,7 +19,8 @@ _RUNS: dict = {}  # loaded runs by name or path: a second click does not reload 
 
 
 # typing.List in the return annotation: napari's return-type registry knows List[LayerDataTuple]
-def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float = 0.0, tta: bool = False,
+def segment(image: "napari.layers.Image", second_channel: Optional["napari.layers.Image"] = None,
+            run: str = "nuclei", diameter: float = 0.0, tta: bool = False,
             tuned_thresholds: bool = True,
             cellprob_threshold: Annotated[float, {"min": -20.0, "max": 20.0, "step": 0.25}] = 0.0,
             flow_threshold: Annotated[float, {"min": 0.0, "max": 5.0, "step": 0.1}] = 0.4,
@@ -29,7 +30,12 @@ def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float =
     Parameters
     ----------
     image : napari Image layer (or anything with ``.data``; an array works too)
-        A 2-D grey or RGB image.
+        A 2-D grey or RGB image, or a two-channel one (``(H, W, 2)``, or ``(2, H, W)`` as napari
+        keeps stains) for a two-channel model, or the first channel of it (e.g. cytoplasm).
+    second_channel : napari Image layer, optional
+        The second channel (e.g. nuclei) when the stains are in two layers, as napari opens a
+        two-channel file with ``channel_axis``.  A model that takes another number of channels
+        says so, naming both counts.
     run : str
         A run directory, or ``nuclei`` (the model shipped with unetflow).
     diameter : float
@@ -44,7 +50,14 @@ def segment(image: "napari.layers.Image", run: str = "nuclei", diameter: float =
     from .flows import flows_to_rgb
     from .predict import load_run, predict_instances
 
-    data = np.asarray(getattr(image, "data", image))
+    from .io import channels_last
+
+    data = channels_last(np.asarray(getattr(image, "data", image)))
+    if second_channel is not None:
+        extra = np.asarray(getattr(second_channel, "data", second_channel))
+        if data.shape[:2] != extra.shape[:2]:
+            raise ValueError(f"`second_channel` (shape {extra.shape}) must be the size of `image` (shape {data.shape})")
+        data = np.dstack([data, extra])
     name = getattr(image, "name", "image")
     key = str(run)
     if key not in _RUNS:

@@ -355,10 +355,16 @@ def main(argv=None) -> int:
         if args.command in NETWORK_COMMANDS:
             print(f"unetflow: the network runs on {import_tensorflow(args.verbose)}", file=sys.stderr)
         return args.func(args)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    # the user's errors (bad input, missing files, a diverged run) in one line; anything else (a
+    # TypeError, KeyError, ...) is a bug and keeps its traceback, as does every error under -v
+    except (OSError, ValueError) as exc:
+        if args.verbose:
+            raise
         print(f"unetflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # e.g. TrainingDivergedError: the message says what was kept
+        if args.verbose:
+            raise
         print(f"unetflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

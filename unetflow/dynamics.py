@@ -26,7 +26,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from .conventions import FLOW_SCALE
-from .flows import _next_row, bounding_boxes, masks_to_flows
+from .flows import next_row, bounding_boxes, masks_to_flows
 from .validation import OptionsMixin, check_flows, check_labels
 
 __all__ = ["follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_bad_flow_masks",
@@ -337,7 +337,7 @@ def _bin_end_points(p, iscell, shape0, rpad):
             bins[k] = f
         for k in range(r * nx, (r + 1) * nx):
             h[bins[k]] += 1
-        _next_row(row, shape0)
+        next_row(row, shape0)
     return h, bins
 
 

@@ -29,7 +29,7 @@ from .predict import Run, check_diameter, load_run, predict_raw_many, raw_to_lab
 from .preprocess import prepare_image
 from .tasks import get_task
 
-__all__ = ["evaluate_run", "tune_thresholds", "predict_split", "summarize", "TUNING_IOUS"]
+__all__ = ["evaluate_run", "tune_thresholds", "predict_split", "split_files", "summarize", "TUNING_IOUS"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ TUNING_IOUS = (0.5, 0.75, 0.9)
 RAW_EXAMPLES = 6
 
 
-def _split_files(run: Run, split: str, manifest=None, data_root=None):
+def split_files(run: Run, split: str, manifest=None, data_root=None):
     """Image and label paths, names and metadata rows of a split, from the run's (or a given) manifest."""
     from .manifest import read_manifest
 
@@ -123,7 +123,7 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
 
     Returns a dict with the chosen ``postprocess`` overrides, the objective, and the grid's scores.
     """
-    images, labels, names, _ = _split_files(run, split, manifest, data_root)
+    images, labels, names, _ = split_files(run, split, manifest, data_root)
     truth = [read_labels(p) for p in labels]
     raws, _ = predict_split(run, images, tta=tta, diameters=diameter, progress=progress)
     base = getattr(run.config.postprocess, run.task)
@@ -205,7 +205,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     if tune and not (run.dir / run.dir.THRESHOLDS).is_file() and split != "val":
         tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, diameter=run.default_diameter,
                         progress=progress)
-    images, labels, names, rows = _split_files(run, split, manifest, data_root)
+    images, labels, names, rows = split_files(run, split, manifest, data_root)
     if not images:
         raise ValueError(f"split {split!r} is empty")
     truth = [read_labels(p) for p in labels]

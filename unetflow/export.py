@@ -47,12 +47,12 @@ CITATIONS = [
 def _test_image(run, side: int):
     """A raw test image (in the network's channels) from the run's own data: the first val image whose background is dark
     (the one polarity the package's pre-processing reproduces), cropped to `side` px."""
-    from .evaluate import _split_files
+    from .evaluate import split_files
     from .preprocess import input_stats, network_channels
 
     cfg = run.config
     try:
-        images = _split_files(run, "val")[0]  # the manifest and data root the run was trained with
+        images = split_files(run, "val")[0]  # the manifest and data root the run was trained with
     except (OSError, ValueError) as exc:
         raise ValueError(f"export needs the run's own data for its test tensors: {exc}") from None
     for path in images:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .validation import check_labels
 
-__all__ = ["masks_to_flows", "flows_to_rgb", "diameters", "FLOWS_ALGORITHM_VERSION"]
+__all__ = ["masks_to_flows", "flows_to_rgb", "diameters", "bounding_boxes", "next_row", "FLOWS_ALGORITHM_VERSION"]
 
 #: Bumped whenever the numbers :func:`masks_to_flows` produces change; part of the cache key.
 FLOWS_ALGORITHM_VERSION = "seed2020-1"
@@ -148,12 +148,12 @@ def _bounding_boxes(labels, shape, n):
                 if lo[i, d] < 0 or row[d] < lo[i, d]:
                     lo[i, d] = row[d]
                 hi[i, d] = max(hi[i, d], row[d] + 1)
-        _next_row(row, shape)
+        next_row(row, shape)
     return lo, hi
 
 
 @numba.njit(cache=True, inline="always")
-def _next_row(row, shape):
+def next_row(row, shape):
     """Advance the leading coordinates `row` (all but the last axis) of a row-major scan of an
     array of `shape` to the next row, like an odometer."""
     d = shape.size - 2

@@ -77,9 +77,7 @@ def read_image(path) -> np.ndarray:
     ImageReadError
         If it is empty, unreadable, not 2-D/3-D, or has NaN or inf values.
     """
-    arr = _drop_opaque_alpha(_read_array(path))
-    if arr.ndim == 3 and arr.shape[0] <= MAX_CHANNELS_FIRST < arr.shape[-1]:
-        arr = np.moveaxis(arr, 0, -1)
+    arr = channels_last(_drop_opaque_alpha(_read_array(path)))
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3:
@@ -89,6 +87,15 @@ def read_image(path) -> np.ndarray:
     arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
         raise ImageReadError(f"{path}: image has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
+    return arr
+
+
+def channels_last(arr: np.ndarray) -> np.ndarray:
+    """A 2-D image with its channel axis last: ``(C, H, W)`` with at most ``MAX_CHANNELS_FIRST``
+    channels (and more than that many columns), as ImageJ and napari keep stains, is moved to
+    ``(H, W, C)``; anything else is returned as it is."""
+    if arr.ndim == 3 and arr.shape[0] <= MAX_CHANNELS_FIRST < arr.shape[-1]:
+        return np.moveaxis(arr, 0, -1)
     return arr
 
 

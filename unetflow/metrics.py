@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import connected_components
 
 from .validation import check_labels, relabel_sequential
 
-__all__ = ["overlap_table", "matching", "average_precision", "matching_dataset", "per_image_table",
+__all__ = ["overlap_table", "match_pairs", "matching", "average_precision", "matching_dataset", "per_image_table",
            "error_categories", "Matching", "DEFAULT_THRESHOLDS", "SIZE_BINS"]
 
 #: IoU thresholds 0.50:0.05:0.95 (BBBC paper, COCO).
@@ -62,7 +62,7 @@ def overlap_table(y_true, y_pred) -> Overlaps:
     return Overlaps(ti, pi, iou, true_areas, pred_areas, n_true, n_pred)
 
 
-def _match(ov: Overlaps, thresh: float):
+def match_pairs(ov: Overlaps, thresh: float):
     """Optimal one-to-one pairs at IoU >= thresh: (true_ids, pred_ids, ious)."""
     ok = ov.iou >= thresh
     ti, pi, iou = ov.true_ids[ok], ov.pred_ids[ok], ov.iou[ok]
@@ -167,7 +167,7 @@ def matching(y_true, y_pred, thresh=0.5):
     ts = _check_thresholds(thresh)
     out = []
     for t in ts:
-        _, _, iou = _match(ov, t)
+        _, _, iou = match_pairs(ov, t)
         out.append(_scores(t, ov.n_true, ov.n_pred, iou.size, iou.sum()))
     return out if np.ndim(thresh) else out[0]
 
@@ -190,7 +190,7 @@ def matching_dataset(y_true_list, y_pred_list, thresholds=DEFAULT_THRESHOLDS):
     for yt, yp in zip(y_true_list, y_pred_list):
         ov = overlap_table(yt, yp)
         for k, t in enumerate(ts):
-            _, _, iou = _match(ov, t)
+            _, _, iou = match_pairs(ov, t)
             tot[k] += (ov.n_true, ov.n_pred, iou.size, iou.sum())
     return [_scores(t, *tot[k]) for k, t in enumerate(ts)]
 
@@ -208,7 +208,7 @@ def error_categories(y_true, y_pred, *, thresh: float = 0.7, overlap: float = 0.
         `overlap`; ``splits``: true objects overlapping more than one prediction at IoU > `overlap`.
     """
     ov = overlap_table(y_true, y_pred)
-    ti, pi, _ = _match(ov, thresh)
+    ti, pi, _ = match_pairs(ov, thresh)
     missed = np.setdiff1d(np.arange(1, ov.n_true + 1), ti)
     areas = ov.true_areas[missed]
     out = {"missed": int(missed.size), "extra": int(ov.n_pred - pi.size)}

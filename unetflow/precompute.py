@@ -103,7 +103,7 @@ class TargetCache:
         entry = self._read_entry(self.entry_path(key), key)
         if entry is None:
             if not compute_missing:
-                raise KeyError(f"{label_path}: no valid cache entry in {self.root}; run `unetflow precompute`")
+                raise FileNotFoundError(f"{label_path}: no valid cache entry in {self.root}; run `unetflow precompute`")
             entry = self._compute_and_store(label_path, key)
         return entry
 

@@ -140,9 +140,9 @@ class OptionsMixin:
     """Mixin of the option dataclasses (post-processing): copies with checked overrides."""
 
     def with_overrides(self, **overrides):
-        """A copy with some fields replaced; an unknown name is a TypeError listing the known ones."""
+        """A copy with some fields replaced; an unknown name is a ValueError listing the known ones."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise TypeError(f"unknown post-processing option(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown post-processing option(s) {unknown}; known: {sorted(known)}")
         return replace(self, **overrides)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import overlap_table, _match
+from .metrics import overlap_table, match_pairs
 
 __all__ = ["to_grey", "outline_overlay", "detail_window", "error_map", "per_object_iou", "flow_trajectories"]
 
@@ -50,7 +50,7 @@ def detail_window(truth, preds=(), size: int = 256) -> tuple:
 def per_object_iou(truth, pred, thresh: float = 0.5) -> np.ndarray:
     """For each true object (ids 1..N after compacting), the IoU of its match at `thresh` (0 if unmatched)."""
     ov = overlap_table(truth, pred)
-    ti, _, iou = _match(ov, thresh)
+    ti, _, iou = match_pairs(ov, thresh)
     out = np.zeros(ov.n_true)
     out[ti - 1] = iou
     return out
@@ -62,7 +62,7 @@ def error_map(truth, pred, thresh: float = 0.5) -> np.ndarray:
 
     t, p = relabel_sequential(np.asarray(truth)), relabel_sequential(np.asarray(pred))
     ov = overlap_table(t, p)
-    ti, pi, _ = _match(ov, thresh)
+    ti, pi, _ = match_pairs(ov, thresh)
     rgb = np.zeros(t.shape + (3,), np.float32)
     rgb[np.isin(t, np.setdiff1d(np.arange(1, ov.n_true + 1), ti))] = (1, 0, 0)
     rgb[np.isin(p, np.setdiff1d(np.arange(1, ov.n_pred + 1), pi)) & (rgb.sum(-1) == 0)] = (0, 0.4, 1)
