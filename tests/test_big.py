@@ -3,18 +3,16 @@ import numpy as np
 import pytest
 import tifffile
 
-pytest.importorskip("tensorflow")
-zarr = pytest.importorskip("zarr")
-pytest.importorskip("distributed")
-
-from unetflow.big import block_grid, predict_big  # noqa: E402
-from unetflow.metrics import matching  # noqa: E402
-from unetflow.synthetic import synthetic_nuclei  # noqa: E402
+from unetflow.big import block_grid, predict_big
+from unetflow.metrics import matching
+from unetflow.synthetic import synthetic_nuclei
 
 
 @pytest.fixture(scope="module")
 def mosaic(tiny_flow, tmp_path_factory):
     """A 600 x 700 synthetic image segmented block-wise (blocks of 192: 4 x 4) and in memory."""
+    zarr = pytest.importorskip("zarr")  # the block grid's logic below needs neither zarr nor dask
+    pytest.importorskip("distributed")
     from unetflow.predict import load_run, predict_instances
 
     _, run_dir = tiny_flow
@@ -59,6 +57,7 @@ def test_objects_across_block_corners_stay_whole_and_ids_are_unique(mosaic):
 
 
 def test_output_opens_as_ome_zarr_labels(mosaic):
+    import zarr
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 

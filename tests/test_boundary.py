@@ -21,8 +21,10 @@ def test_bbbc_thick_boundary():
 def test_width_grows_the_band():
     labels = np.zeros((20, 20), np.int32)
     labels[4:16, 4:16] = 1
-    n1 = (labels_to_boundary_classes(labels, width=1) == 2).sum()
-    n2 = (labels_to_boundary_classes(labels, width=2) == 2).sum()
-    assert n2 > n1
+    for w in (1, 2, 3):  # a band of w px on each side of the edge (a square's corners rounded by one pixel)
+        classes = labels_to_boundary_classes(labels, width=w)
+        assert (classes == 1).sum() == (12 - 2 * w) ** 2
+        assert (classes == 2).sum() == (12 + 2 * w) ** 2 - 4 - (12 - 2 * w) ** 2
+        assert classes[4 - w, 9] == 2 and classes[3 - w, 9] == 0 and classes[3 + w, 9] == 2 and classes[4 + w, 9] == 1
     with pytest.raises(ValueError, match="width"):
         labels_to_boundary_classes(labels, width=0)

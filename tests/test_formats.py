@@ -52,7 +52,13 @@ def test_cellpose_seg_layout(tmp_path):
     seg = np.load(tmp_path / "img_seg.npy", allow_pickle=True).item()
     H, W = labels.shape
     assert np.array_equal(seg["masks"], labels) and seg["masks"].dtype == np.uint16
-    assert set(np.unique(seg["outlines"])) <= set(np.unique(labels)) and seg["outlines"].any()
+    # outlines: each object's pixels that touch (4-neighbours) another id or the background, with their id
+    padded = np.pad(labels, 1, mode="edge")
+    edge = np.zeros_like(labels, bool)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        edge |= padded[1 + dy:H + 1 + dy, 1 + dx:W + 1 + dx] != labels
+    np.testing.assert_array_equal(seg["outlines"], np.where(edge & (labels > 0), labels, 0))
+    assert 0 < np.count_nonzero(seg["outlines"]) < np.count_nonzero(labels)  # not the whole masks
     assert seg["filename"] == str(tmp_path / "img.tif") and seg["diameter"] == 17.0
     assert len(seg["ismanual"]) == labels.max()
     rgb, prob, _, _, dp = seg["flows"]

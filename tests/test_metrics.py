@@ -110,9 +110,20 @@ def test_thresholds_list_dataset_and_table():
 
 
 def test_sparse_overlaps_many_objects():
-    t = np.arange(1, 301 * 301 + 1).reshape(301, 301) % 5000 + 1  # 5000 ids
-    ov = overlap_table(t, t)
-    assert ov.n_true == 5000 and np.all(ov.iou == 1)
+    """The sparse table holds every overlapping pair with its IoU, as a dense count gives it."""
+    rng = np.random.default_rng(0)
+    t = np.repeat(np.repeat(rng.permutation(1200).reshape(30, 40) + 1, 7, 0), 5, 1)  # 1200 blocks of 7 x 5
+    p = rng.permutation(1201)[np.roll(t, (3, 2), axis=(0, 1))]  # shifted, ids shuffled (0 -> somewhere)
+    p[p == p[0, 0]] = 0
+    ov = overlap_table(t, p)
+    tc, pc = t, np.unique(p, return_inverse=True)[1].reshape(p.shape)  # ids 1..N in order, as the table's
+    inter = np.zeros((tc.max() + 1, pc.max() + 1))
+    np.add.at(inter, (tc, pc), 1)
+    union = inter.sum(1)[:, None] + inter.sum(0)[None, :] - inter
+    ti, pi = np.nonzero(inter[1:, 1:])
+    assert ov.n_true == 1200 and len(ov.iou) == len(ti) > 1200  # each block meets up to 4 shifted ones
+    dense = dict(zip(zip(ti + 1, pi + 1), (inter / union)[ti + 1, pi + 1]))
+    assert all(dense[k] == pytest.approx(v) for k, v in zip(zip(ov.true_ids, ov.pred_ids), ov.iou))
 
 
 def test_bad_inputs():

@@ -200,8 +200,13 @@ def test_min_size_and_holes():
     labels[5:25, 5:25] = 1
     labels[30:33, 30:33] = 2  # 9 px: under min_size
     dP = 5 * masks_to_flows(labels)
-    masks = compute_masks(dP, np.where(labels > 0, 10.0, -10.0), flow_threshold=None)
-    assert masks.max() == 1 and masks[31, 31] == 0
+    cellprob = np.where(labels > 0, 10.0, -10.0)
+    cellprob[12:16, 13:17] = -10.0  # a hole in object 1: below the threshold, filled back
+    masks = compute_masks(dP, cellprob, flow_threshold=None)
+    assert masks.max() == 1 and masks[31, 31] == 0  # object 2 is under min_size
+    assert np.all(masks[12:16, 13:17] == 1) and np.count_nonzero(masks == 1) == 400
+    kept = compute_masks(dP, cellprob, flow_threshold=None, min_size=5, seed_threshold=2)  # 9 px seed it
+    assert kept.max() == 2 and 5 <= np.count_nonzero(kept[30:33, 30:33] == 2) == np.count_nonzero(kept == 2)
 
 
 def test_compute_masks_bad_input():

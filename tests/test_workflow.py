@@ -1,6 +1,7 @@
 """The user's workflow after training: evaluate, compare, quickstart, notebooks, predict CLI."""
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +120,14 @@ def test_evaluate_with_auto_diameter(quick):
     out, _ = quick
     assert main(["evaluate", str(out / "flow"), "--split", "test", "--diameter", "auto"]) == 0
     s = json.loads((out / "flow" / "eval_test_auto" / "summary.json").read_text())
-    assert s["diameter"] == "auto" and 0 <= s["diameter_estimate"]["median_relative_error"]
-    assert s["timing"]["size_estimation_s"] > 0
-    table = pd.read_csv(out / "flow" / "eval_test_auto" / "per_image.csv")
-    assert "diameter_used" in table.columns
+    assert s["diameter"] == "auto" and s["timing"]["size_estimation_s"] > 0
+    table = pd.read_csv(out / "flow" / "eval_test_auto" / "per_image.csv").drop_duplicates("image")
+    # the reported error is the estimates' against the annotations' diameters (a 3-step model's
+    # estimates are poor, so the test checks the bookkeeping, not the accuracy)
+    est = table["diameter_used"].to_numpy(float)
+    error = np.nanmedian(np.abs(est / table["median_object_diameter_px"].to_numpy(float) - 1))
+    assert s["diameter_estimate"]["median_relative_error"] == pytest.approx(error)
+    assert s["diameter_estimate"]["failed"] == int(np.isnan(est).sum())
     with pytest.raises(ValueError, match="not both"):
         from unetflow.evaluate import evaluate_run
         evaluate_run(out / "flow", "test", rescale=True, diameter="auto", progress=False)
@@ -202,8 +207,8 @@ def test_summary_of_known_predictions():
 
 
 def test_notebooks_execute(quick):
-    import nbformat
-    from nbclient import NotebookClient
+    nbformat = pytest.importorskip("nbformat")
+    NotebookClient = pytest.importorskip("nbclient").NotebookClient
     out, _ = quick
     os.environ["UNETFLOW_RUNS"] = f"{out / 'boundary'}:{out / 'flow'}"
     try:
@@ -220,13 +225,16 @@ def test_predict_cli_reports_bad_image_and_goes_on(quick, tmp_path, capsys):
     good = next((out / "synthetic").rglob("images/*.tif"))
     bad = tmp_path / "corrupt.tif"
     bad.write_bytes(b"II*\x00garbage")
-    rgb = tmp_path / "rgb.tif"
-    tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8))
-    code = main(["predict", str(out / "flow"), str(good), str(bad), "--out", str(tmp_path / "pred"), "--save-raw"])
+    stains = tmp_path / "stains.tif"  # two stains for a grey model: refused, not averaged
+    tifffile.imwrite(stains, np.zeros((32, 32, 2), np.uint8))
+    code = main(["predict", str(out / "flow"), str(bad), str(stains), str(good), "--out", str(tmp_path / "pred"),
+                 "--save-raw"])
     assert code == 1
     err = capsys.readouterr().err
-    assert "corrupt.tif" in err
-    assert (tmp_path / "pred" / f"{good.stem}_labels.tif").is_file()
+    assert "FAILED" in err and "corrupt.tif" in err
+    assert re.search(r"FAILED .*stains.tif: .*has 2 channel\(s\) but the model takes 1 grey channel", err)
+    assert not (tmp_path / "pred" / "stains_labels.tif").exists()
+    assert (tmp_path / "pred" / f"{good.stem}_labels.tif").is_file()  # the good image after two bad ones
     assert (tmp_path / "pred" / f"{good.stem}_flows.tif").is_file()
 
 
