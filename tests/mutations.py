@@ -57,7 +57,7 @@ MUTATIONS = [
      "tests/test_config.py::test_base_config_is_the_start_and_the_file_wins"),
     ("seams not blended", "unetflow/predict.py",
      "return np.clip(np.minimum(x + 1, n - x) / max(ramp, 1), 1e-3, 1.0)", "return np.ones(n, np.float32)",
-     "tests/test_predict.py::test_seams_are_blended"),
+     "tests/test_predict.py::test_seams_are_blended tests/test_predict.py::test_no_object_split_at_seams"),
     ("overlap below the network's reach", "unetflow/predict.py",
      "margin = min(tile // 2, max(int(tile * overlap), receptive_radius(mult)))",
      "margin = min(tile // 2, int(tile * overlap))",

@@ -96,28 +96,38 @@ def test_seams_are_blended(model, overlap):
 
 
 def test_no_object_split_at_seams():
-    """Flows of a large synthetic image, fed through the tiling as a 'model', recover every object."""
+    """An oracle 'network' that knows the ideal outputs but, like a real one, outputs garbage near
+    the edges of its tiles inside the image (no context there): the tapered blend recovers every
+    object across the seams (equal weights lose a third of them)."""
     from unetflow.flows import masks_to_flows
     from unetflow.metrics import matching
     from unetflow.synthetic import synthetic_nuclei
 
-    _, labels = synthetic_nuclei(np.random.default_rng(1), (300, 330))
+    H, W = 300, 330
+    _, labels = synthetic_nuclei(np.random.default_rng(1), (H, W))
     target = np.concatenate([5 * np.moveaxis(masks_to_flows(labels), 0, -1),
                              np.where(labels > 0, 10.0, -10.0)[..., None]], -1).astype(np.float32)
 
     class Oracle:
-        """Returns the ideal outputs for whatever tile it is shown (the tile's pixels carry their index)."""
+        """The ideal outputs for whatever tile it is shown (the tile's pixels carry their index),
+        spoilt within 6 px of every tile edge that is not the image's."""
         inputs = [type("T", (), {"shape": (None, None, None, 1)})()]
         layers = [type("L", (), {"name": f"down{i}_pool"})() for i in range(2)]
+        rng = np.random.default_rng(0)
 
         def predict_on_batch(self, batch):
             idx = batch[..., 0].astype(int)
-            return target.reshape(-1, 3)[idx]
+            y, x = idx // W, idx % W
+            near = np.zeros(idx.shape, bool)
+            for n in range(len(idx)):
+                (y0, y1), (x0, x1) = (y[n].min(), y[n].max()), (x[n].min(), x[n].max())
+                near[n] = (((y[n] - y0 < 6) & (y0 > 0)) | ((y1 - y[n] < 6) & (y1 < H - 1))
+                           | ((x[n] - x0 < 6) & (x0 > 0)) | ((x1 - x[n] < 6) & (x1 < W - 1)))
+            return target.reshape(-1, 3)[idx] + near[..., None] * self.rng.normal(0, 8, idx.shape + (3,))
 
-    index = np.arange(300 * 330, dtype=np.float32).reshape(300, 330, 1)
+    index = np.arange(H * W, dtype=np.float32).reshape(H, W, 1)
     labels_out, raw = predict_instances(Oracle(), index, task="flow", tile_size=96, overlap=0.15,
                                         follow="cellprob", interp=True)
-    np.testing.assert_allclose(raw["cellprob"], target[..., 2], atol=1e-4)
     m = matching(labels, labels_out, 0.5)
     big = np.bincount(labels.ravel())[1:] >= 15
     assert m.tp >= big.sum() - 1 and m.fp <= 1, m  # one object per object, across tile seams
