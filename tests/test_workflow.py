@@ -15,7 +15,8 @@ from unetflow.cli import main
 from unetflow.io import read_labels
 from unetflow.metrics import matching_dataset
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
 
 
 @pytest.fixture(scope="module")
@@ -311,3 +312,32 @@ def test_cli_bugs_keep_their_traceback(monkeypatch, capsys):
     assert "unetflow data: error: --thing: must be positive" in capsys.readouterr().err
     with pytest.raises(ValueError, match="must be positive"):
         cli.main(["-v", "data", "group", "m.csv"])
+
+
+def test_cli_messages_name_the_argument(quick, tmp_path, capsys):
+    """Each misuse gets exit code 2 and a message about the argument, not a library's words."""
+    out, _ = quick
+    image = next((out / "synthetic").rglob("images/*.tif"))
+    cases = [
+        (["predict", str(out / "flow"), str(image), "--out", str(tmp_path / "p"), "--tile-size", "7"],
+         r"`tile_size` must be an integer of at least \d+ px"),
+        (["predict", "--out", str(tmp_path / "p")], "give a run directory or --model NAME"),
+        (["predict", str(out / "flow"), str(image), "--out", str(tmp_path / "p"), "--postprocess", "cellprob"],
+         "--postprocess 'cellprob' must look like key=value"),
+        (["predict", str(out / "flow"), str(image), "--out", str(tmp_path / "p"), "--postprocess", "nope=1"],
+         r"unknown post-processing option\(s\) \['nope'\]"),
+        (["predict", str(out / "flow"), str(image), str(image), "--out", str(tmp_path / "x.zarr")],
+         "give exactly one INPUT"),
+        (["train", str(REPO / "experiments" / "tiny_flow.yaml"), "--resume", str(out / "flow")],
+         "either an experiment config or --resume"),
+        (["compare", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")], "nothing"),
+        (["data", "group", str(tmp_path / "missing.csv")], "missing.csv: manifest not found"),
+        (["train", str(REPO / "experiments" / "tiny_flow.yaml"), "--set", "model.depth=-1", "--set", "train.epochs=0"],
+         r"2 problems:\n  - in `model`: model.depth must be a positive integer, got -1\n"
+         r"  - in `train`: train.epochs must be at least 1"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert re.search(message, err), (args, err)
+    assert not (tmp_path / "p").exists() or not list((tmp_path / "p").iterdir())

@@ -52,7 +52,7 @@ def _predict(args) -> int:
     from .formats import write_outputs
     from .io import write_image
     from .manifest import read_manifest
-    from .predict import check_diameter, load_run, segment_images
+    from .predict import check_diameter, check_tile_size, load_run, segment_images
 
     diameter = check_diameter(args.diameter)  # before any work: a bad value is the user's error, not an image's
     if args.model:  # every positional is an image
@@ -72,6 +72,7 @@ def _predict(args) -> int:
     if not images:
         raise ValueError("no images: give image files or --manifest M [--split S]")
     run = load_run(args.run_dir, precision=args.precision)
+    check_tile_size(args.tile_size, run.input_multiple)  # the user's error, before any image is read
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())

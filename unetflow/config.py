@@ -24,7 +24,17 @@ __all__ = ["ExperimentConfig", "DataConfig", "ModelConfig", "LossConfig", "Train
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the file and key."""
+    """Configuration problems; the message names the file and each key (``problems`` lists them)."""
+
+    def __init__(self, source, problems=None):
+        if problems is None:  # a message of its own
+            super().__init__(source)
+            self.problems = [str(source)]
+            return
+        self.problems = list(problems)
+        text = self.problems[0] if len(self.problems) == 1 else \
+            f"{len(self.problems)} problems:\n  - " + "\n  - ".join(self.problems)
+        super().__init__(f"{source}: {text}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,12 @@ class ModelConfig:
     head_relu: bool = False
 
     def __post_init__(self):
+        for name in ("depth", "base_filters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         try:
             task = get_task(self.task)
         except ValueError as exc:
@@ -221,30 +237,37 @@ class ExperimentConfig:
 
 
 def _build(cls, values, where: str, source):
-    """Instantiate dataclass `cls` from a dict, recursing into nested dataclasses."""
+    """Instantiate dataclass `cls` from a dict, recursing into nested dataclasses.  The problems
+    of all sections are collected and raised together (one :class:`ConfigError` listing them), so
+    a user fixes a config in one round."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: `{where or 'top level'}` must be a mapping, got {type(values).__name__}")
+        raise ConfigError(source, [f"`{where or 'top level'}` must be a mapping, got {type(values).__name__}"])
     known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs, problems = {}, []
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in known:
-            raise ConfigError(f"{source}: unknown key `{path}` (known in `{where or 'top level'}`: "
-                              f"{', '.join(sorted(known))})")
+            problems.append(f"unknown key `{path}` (known in `{where or 'top level'}`: {', '.join(sorted(known))})")
+            continue
         default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING \
             else known[key].default
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, path, source)
+            try:
+                kwargs[key] = _build(type(default), value, path, source)
+            except ConfigError as exc:
+                problems += exc.problems
         elif isinstance(default, tuple) and isinstance(value, list):
             kwargs[key] = tuple(value)
         else:
             kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: in `{where or 'top level'}`: {exc}") from exc
+    if not problems:
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"in `{where or 'top level'}`: {exc}")
+    raise ConfigError(source, problems)
 
 
 def config_to_dict(config) -> dict:

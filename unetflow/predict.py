@@ -235,6 +235,15 @@ class _Job:
 LOOKAHEAD = 8
 
 
+def check_tile_size(tile_size, multiple: int) -> int:
+    """`tile_size` as an int, or a ValueError naming it: tiles hold at least 4 input multiples of the
+    network (half of a tile may be overlap, and each tile is a multiple of the network's)."""
+    if isinstance(tile_size, bool) or not isinstance(tile_size, (int, np.integer)) or tile_size < 4 * multiple:
+        raise ValueError(f"`tile_size` must be an integer of at least {4 * multiple} px for this network (4 x its "
+                         f"input multiple {multiple}), got {tile_size!r}")
+    return int(tile_size)
+
+
 def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overlap: float = 0.1,
                      batch_size: int = 8, tta: bool = False, input_multiple: int | None = None,
                      lookahead: int = LOOKAHEAD):
@@ -260,6 +269,7 @@ def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overl
 
     task = get_task(task)
     mult = input_multiple or read_multiple(model)
+    check_tile_size(tile_size, mult)
     forward = _forward(model)
     jobs, queues = deque(), {}  # tile shape -> tiles waiting for the network, oldest first
 
