@@ -82,6 +82,44 @@ def test_interrupted_run_resumes(tmp_path, label_files, monkeypatch):
     assert (s.computed, s.skipped) == (3, 3)
 
 
+def test_killed_while_writing_leaves_no_entry(tmp_path, label_files, monkeypatch):
+    """A kill in the middle of writing an entry: half its bytes are on disk under a temporary
+    name, which is removed; no entry appears under the real name, and the next run computes it."""
+    real = np.savez_compressed
+
+    def half_then_killed(file, **arrays):
+        real(file, **arrays)
+        with open(file, "r+b") as f:
+            f.truncate(f.seek(0, 2) // 2)
+        raise KeyboardInterrupt
+
+    cache = TargetCache(tmp_path / "cache")
+    monkeypatch.setattr(np, "savez_compressed", half_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache.ensure(label_files[0])
+    monkeypatch.setattr(np, "savez_compressed", real)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # neither the half file nor an entry
+    assert cache.ensure(label_files[0]) == "computed" and cache.ensure(label_files[0]) == "skipped"
+
+
+@pytest.mark.parametrize("version", ["flows", "format", "task"])
+def test_a_new_algorithm_version_invalidates_the_cache(tmp_path, label_files, monkeypatch, version):
+    """Each version in the key stands for code that makes the targets: a change of any one of them
+    must compute the entries anew instead of reusing the old arrays."""
+    import unetflow.precompute as pc
+    from unetflow.tasks import TASKS
+
+    cache = TargetCache(tmp_path / "cache")
+    assert cache.ensure(label_files[0]) == "computed" and cache.ensure(label_files[0]) == "skipped"
+    if version == "flows":
+        monkeypatch.setattr(pc, "FLOWS_ALGORITHM_VERSION", pc.FLOWS_ALGORITHM_VERSION + "-new")
+    elif version == "format":
+        monkeypatch.setattr(pc, "CACHE_FORMAT_VERSION", pc.CACHE_FORMAT_VERSION + "-new")
+    else:
+        monkeypatch.setattr(TASKS["boundary"], "version", str(TASKS["boundary"].version) + "-new")
+    assert cache.ensure(label_files[0]) == "computed"
+
+
 def test_shards_partition_and_do_not_collide(tmp_path, label_files):
     cache_dir = tmp_path / "cache"
     counts = [precompute(label_files, cache_dir, shard=f"{i}/3", progress=False).computed for i in (1, 2, 3)]
