@@ -122,3 +122,43 @@ def test_nuclei_model_segments_real_nuclei_with_no_training(dsb_root, tmp_path):
     truths = [read_labels(dsb_root / p) for p in rows["label"]]
     preds = [read_labels(tmp_path / f"{Path(p).stem}_labels.tif") for p in rows["image"]]
     assert matching_dataset(truths, preds, [0.5])[0].ap > 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["flow", "boundary", "distance"])
+def test_exported_weights_compute_the_runs_outputs(task, tiny_flow, tmp_path):
+    """The package's test output is the run's own network on the test input; the keras_v3 file
+    (loaded by plain Keras, no unetflow objects) and the SavedModel both reproduce it."""
+    import keras
+    import tensorflow as tf
+
+    from unetflow.config import load_config
+    from unetflow.export import export_bioimageio
+    from unetflow.predict import load_run
+    from unetflow.preprocess import prepare_image
+    from unetflow.train import run_experiment
+
+    _, run_dir = tiny_flow
+    if task != "flow":
+        cfg, _ = tiny_flow
+        run_dir = run_experiment(load_config(Path(__file__).resolve().parent.parent / "experiments" / f"tiny_{task}.yaml",
+                                             ["train.epochs=1", "train.steps_per_epoch=3", "train.val_crops=4",
+                                              f"data.root={cfg.data.root}", f"data.cache={cfg.data.cache}"]),
+                                 run_dir=tmp_path / task, progress=False)
+    package = export_bioimageio(run_dir, tmp_path / "m.zip")
+    with zipfile.ZipFile(package) as zf:
+        zf.extractall(tmp_path / "pkg")
+    with zipfile.ZipFile(tmp_path / "pkg" / "tf_saved_model.zip") as zf:
+        zf.extractall(tmp_path / "saved")
+    raw_input = np.load(tmp_path / "pkg" / "test_input.npy")
+    expected = np.load(tmp_path / "pkg" / "test_output.npy")
+    run = load_run(run_dir)
+    x = prepare_image(raw_input[0], run.config.input)[None]  # the package's scale_range
+    own = run.model.predict(x, verbose=0)
+    assert expected.shape == own.shape and np.abs(own).max() > 0
+    np.testing.assert_allclose(expected, own, atol=1e-5 * np.abs(own).max())
+    plain = keras.models.load_model(tmp_path / "pkg" / "model.keras", compile=False)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), expected, atol=1e-5 * np.abs(own).max())
+    loaded = tf.saved_model.load(str(tmp_path / "saved"))  # kept: its variables live as long as it does
+    (out,) = loaded.serve(tf.constant(x)).values()
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5 * np.abs(own).max())
