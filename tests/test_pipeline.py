@@ -54,7 +54,7 @@ def test_input_conventions():
     np.testing.assert_allclose(a, b, atol=1e-4)
     lo, hi = np.percentile(a, [1, 99.8])
     assert lo == pytest.approx(0, abs=1e-6) and hi == pytest.approx(1, abs=1e-5)
-    with pytest.raises(ValueError, match="3 channel.*expects 2"):
+    with pytest.raises(ValueError, match=r"has 3 channel\(s\) but the model takes 2 channel"):
         prepare_image(np.zeros((8, 8, 3)), InputConfig(channels=2, grey=False))
     with pytest.raises(ValueError, match="grey"):
         InputConfig(channels=2, grey=True)
