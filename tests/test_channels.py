@@ -92,8 +92,8 @@ def test_augmentation_keeps_the_channels_aligned():
 
 def test_init_channels_maps_the_first_layer_and_keeps_the_rest():
     pytest.importorskip("tensorflow")
-    from unetflow.models import build_flow_unet
-    from unetflow.train import FIRST_CONV, carry_weights, input_channel_map
+    from unetflow.models import FIRST_CONV, build_flow_unet
+    from unetflow.train import carry_weights, input_channel_map
 
     source = build_flow_unet(1, depth=2, base_filters=4)
     grey = InputConfig()

@@ -3,7 +3,8 @@
 An unknown key is an error naming the key and the file; ``base: OTHER.yaml`` (relative to the
 file) starts from another config, so sibling experiments state only how they differ (the lab's
 ``aitslab_cells_boundary.yaml`` is ``aitslab_cells.yaml`` with ``model.task: boundary``);
-``--set section.key=value`` overrides any field (the value is parsed as YAML: ``--set train.epochs=2``, ``--set augment.scale_range=[0.8,1.25]``).
+``--set section.key=value`` overrides any field (the value is parsed as YAML: ``--set train.epochs=2``,
+``--set augment.scale_range=[0.8,1.25]``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import yaml
 
 from .augment import AugmentConfig
 from .conventions import BBBC_CLASS_WEIGHTS
+from .geometry import check_architecture
 from .hardware import PRECISIONS
 from .preprocess import InputConfig
 from .tasks import TASKS, get_task
@@ -99,12 +101,7 @@ class ModelConfig:
     head_relu: bool = False
 
     def __post_init__(self):
-        for name in ("depth", "base_filters"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        check_architecture(self.depth, self.base_filters, self.dropout, name="model.{}")
         try:
             task = get_task(self.task)
         except ValueError as exc:

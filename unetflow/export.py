@@ -45,8 +45,9 @@ CITATIONS = [
 
 
 def _test_image(run, side: int):
-    """A raw test image (in the network's channels) from the run's own data: the first val image whose background is dark
-    (the one polarity the package's pre-processing reproduces), cropped to `side` px."""
+    """A raw test image (in the network's channels) from the run's own data: the first val image
+    whose background is dark (the one polarity the package's pre-processing reproduces), cropped
+    to `side` px."""
     from .evaluate import split_files
     from .preprocess import input_stats, network_channels
 
@@ -119,7 +120,8 @@ def _documentation(run, task, params, name: str, scores: dict | None) -> str:
         f"unetflow {__version__} for instance segmentation with "
         f"{task.name} labels (run `{run.path.name}`).", "",
         "## Input", "",
-        f"Channels {list(cfg.input.names)}, `(batch, y, x, {cfg.input.channels})`, y and x multiples of {params['input_multiple']}. The package "
+        f"Channels {list(cfg.input.names)}, `(batch, y, x, {cfg.input.channels})`, y and x multiples of "
+        f"{params['input_multiple']}. The package "
         f"scales each image's {lo} and {hi} percentiles to 0 and 1 (`scale_range`).",
         "What the description cannot express, and a consumer must do before the network:", "",
         "* colour images: average the channels to one grey channel;" if cfg.input.grey else

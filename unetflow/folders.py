@@ -93,7 +93,7 @@ def manifest_from_folders(images_dir, labels_dir, out, *, split: str = "random",
         problems.append(f"{labels[key]}: no image named {key}.* in {images_dir}")
     if not images:
         problems.append(f"{images_dir}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    rows, arrays = [], []
+    rows, arrays, root = [], [], out.resolve().parent
     for key, image_path in images.items():
         if key not in labels:
             problems.append(f"{image_path}: no label file in {labels_dir} (looked for {key}"
@@ -110,7 +110,6 @@ def manifest_from_folders(images_dir, labels_dir, out, *, split: str = "random",
             problems.append(f"{image_path} is {image.shape[0]} x {image.shape[1]} px but its label {labels[key]} is "
                             f"{lab.shape[0]} x {lab.shape[1]}")
             continue
-        root = out.resolve().parent
         rows.append({"image": Path(os.path.relpath(image_path.resolve(), root)).as_posix(),
                      "label": Path(os.path.relpath(labels[key].resolve(), root)).as_posix(),
                      "split": "train", "channels": image.shape[-1], "height": lab.shape[0], "width": lab.shape[1],

@@ -11,9 +11,10 @@ import keras
 from keras import layers
 
 from .conventions import FLOW_CHANNELS, N_BOUNDARY_CLASSES
-from .geometry import min_input_multiple, receptive_radius  # noqa: F401  (public here too)
+from .geometry import check_architecture, min_input_multiple, receptive_radius  # noqa: F401  (public here too)
 
-__all__ = ["unet_backbone", "build_unet", "build_boundary_unet", "build_flow_unet", "min_input_multiple", "input_multiple", "receptive_radius", "load_model"]
+__all__ = ["unet_backbone", "build_unet", "build_boundary_unet", "build_flow_unet", "min_input_multiple", "input_multiple", "receptive_radius", "load_model",
+           "FIRST_CONV"]
 
 
 def input_multiple(model) -> int:
@@ -27,17 +28,6 @@ def input_multiple(model) -> int:
     return stride
 
 
-def _check(depth, base_filters, input_channels, dropout):
-    if int(depth) != depth or depth < 1:
-        raise ValueError(f"`depth` must be a positive integer, got {depth!r}")
-    if int(base_filters) != base_filters or base_filters < 1:
-        raise ValueError(f"`base_filters` must be a positive integer, got {base_filters!r}")
-    if int(input_channels) != input_channels or input_channels < 1:
-        raise ValueError(f"`input_channels` must be a positive integer, got {input_channels!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
-
-
 def _conv_block(x, filters, name, batch_norm, dropout):
     # BBBC: conv 3x3 + ReLU, then batch norm (momentum 0.9), twice
     for i in (1, 2):
@@ -47,6 +37,11 @@ def _conv_block(x, filters, name, batch_norm, dropout):
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return x
+
+
+#: The one layer whose weights depend on the input channels (the first convolution of the first
+#: level, named by :func:`_conv_block`): what fine-tuning remaps for other input channels.
+FIRST_CONV = "down0_conv1"
 
 
 def unet_backbone(inputs, depth: int = 4, base_filters: int = 64, batch_norm: bool = True, dropout: float = 0.0):
@@ -74,7 +69,7 @@ def build_unet(out_channels: int, input_channels: int = 1, depth: int = 4, base_
     The head is float32, so outputs stay full precision under mixed precision.  Other arguments
     as :func:`build_boundary_unet`.
     """
-    _check(depth, base_filters, input_channels, dropout)
+    check_architecture(depth, base_filters, dropout, input_channels)
     inputs = keras.Input(shape=(None, None, int(input_channels)), name="image")
     x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
     out = layers.Conv2D(int(out_channels), 1, activation=head_activation, dtype="float32", name=head_name)(x)

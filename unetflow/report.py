@@ -118,8 +118,9 @@ def _plots(runs, out: Path, split: str):
         for run_dir, summary, table in runs:
             path = RunDir(run_dir).eval_labels(split, name)
             row = table[(table["image"] == name) & (table["thresh"] == 0.5)]
+            ap = float(row["ap"].iloc[0]) if len(row) else float("nan")
             preds.append((read_labels(path) if path.is_file() else np.zeros_like(truth),
-                          f"{_label(run_dir, summary)}: AP@0.5 {float(row['ap'].iloc[0]) if len(row) else float('nan'):.2f}"))
+                          f"{_label(run_dir, summary)}: AP@0.5 {ap:.2f}"))
         # a large image shrunk to a thumbnail hides 1-px outlines: add a crop at native resolution
         window = detail_window(truth, [p for p, _ in preds], EXAMPLE_CROP) if max(truth.shape) > EXAMPLE_CROP else None
         rows = 1 if window is None else 2

@@ -371,14 +371,12 @@ def input_channel_map(mine, theirs, init_channels, src) -> dict | None:
     return out
 
 
-#: The one layer whose weights depend on the input channels (see :func:`unetflow.models.unet_backbone`).
-FIRST_CONV = "down0_conv1"
-
-
 def carry_weights(source, model, channel_map: dict | None = None) -> None:
     """Copy every weight of `source` into `model` (same architecture), the first convolution's input
     channels through `channel_map` (:func:`input_channel_map`; a channel mapped to None starts at 0)."""
     import numpy as np
+
+    from .models import FIRST_CONV
 
     for layer in model.layers:
         weights = source.get_layer(layer.name).get_weights()
