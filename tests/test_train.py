@@ -249,7 +249,7 @@ def test_training_log_is_one_line_per_epoch_when_not_a_terminal(tmp_path, capsys
     import io
 
     from unetflow.cli import main
-    from unetflow.train import fit_verbosity
+    from unetflow.progress import fit_verbosity
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -262,7 +262,8 @@ def test_training_log_is_one_line_per_epoch_when_not_a_terminal(tmp_path, capsys
                f"data.root={tmp_path / 'synth'}", f"data.cache={tmp_path / 'cache'}"):
         args += ["--set", kv]
     assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "\r" not in out and "\x08" not in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "\r" not in out + captured.err and "\x08" not in out  # no Keras bar, no tqdm bars on stderr
     import re
     assert len(re.findall(r"^3/3 - .*loss: .*val_loss: ", out, flags=re.M)) == 2

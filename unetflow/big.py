@@ -246,7 +246,7 @@ def _estimate(run_dir, precision, window, stats):
 def _run_blocks(client, blocks, run_dir, precision, source, stats, diameter, tile_size, out, block_size, progress):
     """Both stages on the cluster; the output is written under a temporary name, then renamed."""
     from distributed import as_completed
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_blocks = out.with_name(f".{out.name}.blocks")
@@ -258,7 +258,7 @@ def _run_blocks(client, blocks, run_dir, precision, source, stats, diameter, til
         args = (str(Path(run_dir).resolve()), precision, str(Path(source).resolve()))
         seg = [client.submit(_segment_block, *args, b, stats, diameter, tmp_blocks, tile_size,
                              key=f"segment-{b.index}", pure=False) for b in blocks]
-        bar = tqdm(total=2 * len(blocks), desc="blocks (segment, compose)", unit="task", disable=not progress)
+        bar = progress_bar(total=2 * len(blocks), desc="blocks (segment, compose)", unit="task", enabled=progress)
         kept = 0
         for f in as_completed(seg):
             kept += f.result()

@@ -76,10 +76,10 @@ def _predict(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
     failed = []
     results = segment_images(run, images, tile_size=args.tile_size, tta=args.tta, diameter=diameter, **overrides)
-    for path, *result in tqdm(results, total=len(images), desc="segment", unit="img"):
+    for path, *result in progress_bar(results, total=len(images), desc="segment", unit="img"):
         if isinstance(result[0], Exception):  # one bad image must not stop the others
             failed.append(f"{path}: {result[0]}")
             continue
@@ -169,7 +169,7 @@ def _data_fetch(args) -> int:
 
 
 def _data_group(args) -> int:
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     from .io import atomic_write, read_image, read_labels
     from .manifest import read_manifest
@@ -177,8 +177,8 @@ def _data_group(args) -> int:
 
     m = read_manifest(args.manifest, args.data)
     rows = range(len(m))
-    images = [read_image(m.image_path(i)) for i in tqdm(rows, desc="read images", unit="img")]
-    labels = [read_labels(m.label_path(i)) for i in tqdm(rows, desc="read labels", unit="img")]
+    images = [read_image(m.image_path(i)) for i in progress_bar(rows, desc="read images", unit="img")]
+    labels = [read_labels(m.label_path(i)) for i in progress_bar(rows, desc="read labels", unit="img")]
     table, neighbours = grouped_manifest(m.table, images, labels, threshold=args.threshold, seed=args.seed)
     out = Path(args.out or args.manifest)
     atomic_write(out, lambda tmp: table.to_csv(tmp, index=False))

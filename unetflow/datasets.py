@@ -33,12 +33,12 @@ def _sha256(path: Path) -> str:
 
 
 def _download(url: str, dest: Path) -> Path:
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="download DSB 2018") as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc="download DSB 2018") as bar:
                 for chunk in iter(lambda: r.read(1 << 20), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -55,7 +55,7 @@ def _find_samples(folder: Path):
 def convert_dsb_layout(source: Path, out: Path, seed: int = 20180416, progress: bool = True) -> int:
     """Convert a Kaggle-layout folder into images/, labels/ and manifest.csv; return the image count."""
     import imageio.v3 as iio
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     samples = _find_samples(source)
     if not samples:
@@ -64,7 +64,7 @@ def convert_dsb_layout(source: Path, out: Path, seed: int = 20180416, progress: 
     splits = rng.permutation(np.r_[np.zeros(len(samples) - 2 * (len(samples) // 10), int),
                                    np.ones(len(samples) // 10, int), 2 * np.ones(len(samples) // 10, int)])
     rows = ["image,label,split,channels,n_objects"]
-    for sample, split in zip(tqdm(samples, desc="convert", unit="img", disable=not progress), splits):
+    for sample, split in zip(progress_bar(samples, desc="convert", unit="img", enabled=progress), splits):
         name = sample.name
         image = iio.imread(next((sample / "images").glob("*.png")))
         if image.ndim == 3 and image.shape[-1] == 4:

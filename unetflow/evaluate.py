@@ -73,7 +73,7 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
     time (wall time, less the size estimation and any wait for reading) and, with ``"auto"``, the
     estimation time and the estimates.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     train_d = run.meta.get("train_median_diameter")
     if diameters is not None and not train_d:
@@ -101,7 +101,7 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
     t0 = time.perf_counter()
     stream = predict_raw_many(run.model, items(), task=run.task, tile_size=tile_size, tta=tta,
                               input_multiple=run.input_multiple)
-    raws = list(tqdm(stream, total=len(images), desc=f"predict ({run.task})", unit="img", disable=not progress))
+    raws = list(progress_bar(stream, total=len(images), desc=f"predict ({run.task})", unit="img", enabled=progress))
     t_net = time.perf_counter() - t0 - clock["size"] - clock["wait"]
     return raws, {"network_s": t_net, "size_estimation_s": clock["size"], "megapixels": clock["px"] / 1e6,
                   "diameters": used}

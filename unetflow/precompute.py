@@ -184,13 +184,13 @@ def precompute(label_paths, cache_dir, params: TargetParams = TargetParams(), *,
     progress : bool
         Show a tqdm progress bar.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     k, n = parse_shard(shard)
     paths = sorted(dict.fromkeys(str(p) for p in label_paths))[k::n]
     summary = PrecomputeSummary()
     jobs = [(str(cache_dir), params, p) for p in paths]
-    bar = tqdm(total=len(jobs), desc="precompute targets", unit="img", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="precompute targets", unit="img", enabled=progress)
     if workers > 1 and len(jobs) > 1:
         # spawn, not fork: forking a process whose numba OpenMP threads have run is unsafe
         ctx = multiprocessing.get_context("spawn")

@@ -17,6 +17,7 @@ from . import __version__
 from .config import ExperimentConfig, load_config
 from .hardware import resolve_mixed_precision
 from .io import atomic_write
+from .progress import fit_verbosity
 from .rundir import RunDir, model_params, read_run
 from .tasks import get_task
 
@@ -284,17 +285,6 @@ def _callbacks(rd: RunDir, state: dict, patience):
     if patience:
         cbs.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
     return ckpt, cbs
-
-
-def fit_verbosity(progress: bool, stream=None) -> int:
-    """Keras ``fit``'s `verbose`: its per-step bar on a terminal, one line per epoch in a log file
-    or pipe (a bar there is hundreds of carriage-return updates an epoch), nothing without progress."""
-    import sys
-
-    if not progress:
-        return 0
-    stream = stream if stream is not None else sys.stdout
-    return 1 if getattr(stream, "isatty", lambda: False)() else 2
 
 
 def _init_source(config: ExperimentConfig) -> dict | None:

@@ -114,8 +114,8 @@ class Task:
         The default post-processes every image once per grid point; tasks with an expensive shared
         first stage override this.
         """
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         points = [dict(zip(self.tuning_grid, values)) for values in itertools.product(*self.tuning_grid.values())]
         return [(p, objective([self.to_labels(r, base.with_overrides(**p)) for r in raws]))
-                for p in tqdm(points, desc=f"tune thresholds ({self.name})", disable=not progress)]
+                for p in progress_bar(points, desc=f"tune thresholds ({self.name})", enabled=progress)]

@@ -69,11 +69,11 @@ class FlowTask(Task):
         return {"flows": dP, "cellprob": cellprob}
 
     def tune(self, raws, objective, base, progress=True):
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         # one flow-following pass per cellprob threshold; the flow check is cheap to redo
         grid, scores = self.tuning_grid, []
-        for cpt in tqdm(grid["cellprob_threshold"], desc="tune thresholds (flow)", disable=not progress):
+        for cpt in progress_bar(grid["cellprob_threshold"], desc="tune thresholds (flow)", enabled=progress):
             cfg = base.with_overrides(cellprob_threshold=cpt, flow_threshold=max(grid["flow_threshold"]))
             stages = [masks_before_checks(*split_flow_outputs(r), cfg) for r in raws]
             for ft in grid["flow_threshold"]:
