@@ -12,7 +12,7 @@ Tables, in one run:
    does: tiling, padding, batching and blending included) and of the post-processing, and the
    GFLOP/s the network achieves there;
 3. per run: the bare forward pass, one batch of 8 x 256² through a ``tf.function``, in s/Mpx and
-   GFLOP/s, and the ratio predict / bare (the issue-14 target is <= 1.2); the same pass in the other
+   GFLOP/s, and the ratio predict / bare (the target is <= 1.2); the same pass in the other
    precision (float32 or bfloat16) beside it;
 4. with ``--cellpose3``, for flow runs: ``compute_masks`` (the run's mode and thresholds) and Cellpose
    3's ``dynamics.compute_masks`` on the very same network outputs, ms per image, and AP@0.5 of both.
