@@ -1,10 +1,11 @@
-"""The seed documents' code, transcribed as the slow reference the fast kernels are tested against.
+"""The original Cellpose algorithms, transcribed as the slow reference the fast kernels are tested against.
 
-``masks_to_flows`` / ``_extend_centers`` / ``diameters`` are copied from the label-to-flow script
-printed in 004_ebfe578c69b87071.txt (only ``mu_c`` is dropped, it is unused here);
-``steps2D`` / ``get_masks`` follow 000_e6f1c99ff19c11a5.txt with its debugging prints removed and
-the seed threshold made a parameter, as the author asks.  Do not "fix" anything here: these are the
-specification.
+``masks_to_flows`` / ``_extend_centers`` / ``diameters`` are the heat-diffusion flows of Cellpose's first
+release (Stringer et al., "Cellpose: a generalist algorithm for cellular segmentation", Nature Methods
+18:100-106, 2021; MouseLand/cellpose, ``cellpose/dynamics.py`` and ``cellpose/utils.py`` of 2020), in
+the plain NumPy form of its CPU path (``mu_c`` dropped, unused here); ``steps2D`` / ``get_masks`` are
+its Euler flow following and histogram-peak mask building, without debugging prints and with the
+seed threshold a parameter.  Do not "fix" anything here: these are the specification.
 """
 import numpy as np
 import scipy.ndimage

@@ -82,7 +82,8 @@ def test_colour_coded_labels_of_equal_lightness_stay_apart(tmp_path):
     rgb[t == 1] = a
     rgb[t == 2] = b
     iio.imwrite(tmp_path / "colour.png", rgb)
-    # the lightness trick of seed 004 (at the 8-bit precision a lightness image is stored in) merges them
+    # reading a colour annotation as its CIELAB lightness (at the 8-bit precision a lightness image is
+    # stored in) merges them: two touching objects of equal lightness become one
     lightness = np.round(rgb2lab(rgb)[..., 0] * 255 / 100).astype(np.uint8)
     assert label(lightness).max() == 1
     out = read_labels(tmp_path / "colour.png")

@@ -69,7 +69,8 @@ def _remove_small(mask, min_size):
 
 @dataclass(frozen=True)
 class BoundaryPostprocessConfig(OptionsMixin):
-    """Options of :func:`boundary_to_labels` (defaults: the BBBC recipe, ANCHORS.md).
+    """Options of :func:`boundary_to_labels` (defaults: the BBBC recipe, Caicedo et al.,
+    Cytometry A 95:952-965, 2019).
 
     Attributes
     ----------
