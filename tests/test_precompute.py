@@ -102,7 +102,7 @@ def test_killed_while_writing_leaves_no_entry(tmp_path, label_files, monkeypatch
     assert cache.ensure(label_files[0]) == "computed" and cache.ensure(label_files[0]) == "skipped"
 
 
-@pytest.mark.parametrize("version", ["flows", "format", "task"])
+@pytest.mark.parametrize("version", ["format", "flow", "boundary", "distance"])
 def test_a_new_algorithm_version_invalidates_the_cache(tmp_path, label_files, monkeypatch, version):
     """Each version in the key stands for code that makes the targets: a change of any one of them
     must compute the entries anew instead of reusing the old arrays."""
@@ -111,12 +111,10 @@ def test_a_new_algorithm_version_invalidates_the_cache(tmp_path, label_files, mo
 
     cache = TargetCache(tmp_path / "cache")
     assert cache.ensure(label_files[0]) == "computed" and cache.ensure(label_files[0]) == "skipped"
-    if version == "flows":
-        monkeypatch.setattr(pc, "FLOWS_ALGORITHM_VERSION", pc.FLOWS_ALGORITHM_VERSION + "-new")
-    elif version == "format":
+    if version == "format":
         monkeypatch.setattr(pc, "CACHE_FORMAT_VERSION", pc.CACHE_FORMAT_VERSION + "-new")
     else:
-        monkeypatch.setattr(TASKS["boundary"], "version", str(TASKS["boundary"].version) + "-new")
+        monkeypatch.setattr(TASKS[version], "version", str(TASKS[version].version) + "-new")
     assert cache.ensure(label_files[0]) == "computed"
 
 

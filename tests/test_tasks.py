@@ -8,7 +8,7 @@ from unetflow.metrics import matching
 from unetflow.precompute import TargetParams
 from unetflow.synthetic import synthetic_nuclei
 from unetflow.tasks import TASKS, array_kinds, get_task
-from unetflow.tasks.distance import DISTANCE_SCALE, labels_to_distance
+from unetflow.distance import DISTANCE_SCALE, labels_to_distance
 
 
 def _labels():

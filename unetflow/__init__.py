@@ -23,7 +23,7 @@ _SUBMOD_ATTRS = {
     "io": ["read_image", "read_labels", "write_labels"],
     "manifest": ["read_manifest"],
     "tasks": ["TASKS", "get_task", "Task"],
-    "tasks.distance": ["labels_to_distance", "distance_to_labels", "DistancePostprocessConfig"],
+    "distance": ["labels_to_distance", "distance_to_labels", "DistancePostprocessConfig"],
     "rundir": ["RunDir"],
     "models": ["build_unet", "build_boundary_unet", "build_flow_unet", "load_model"],
     "losses": ["FlowLoss", "DistanceLoss", "WeightedCategoricalCrossentropy"],

@@ -10,8 +10,8 @@
     raw/              raw network outputs (npz) of the first few images, for the report's plots
 
 ``tune_thresholds`` searches the task's post-processing grid (:attr:`unetflow.tasks.Task.tuning_grid`;
-flow model: ``cellprob_threshold`` x ``flow_threshold``; boundary model: ``boundary_boost`` x
-``method``) on the validation split, maximising the mean of AP at IoU 0.5, 0.75 and 0.9, and saves
+for example ``cellprob_threshold`` x ``flow_threshold`` for the flow model, ``boundary_boost`` x
+``method`` for the boundary model) on the validation split, maximising the mean of AP at IoU 0.5, 0.75 and 0.9, and saves
 the best in the run's ``thresholds.json``, which ``predict`` then uses.
 """
 from __future__ import annotations

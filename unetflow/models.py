@@ -1,9 +1,11 @@
-"""Keras model builders: the BBBC nucleus U-Net with a 3-class boundary head or a 3-channel flow head.
+"""Keras model builders: the BBBC nucleus U-Net backbone with each task's head.
 
-Both heads sit on one backbone (:func:`unet_backbone`), so a boundary-vs-flow comparison differs
-only in the head.  The boundary head emits class *logits* (softmax is applied at prediction); the
-flow head is linear and emits ``[dy, dx, cellprob_logit]`` (no ReLU, no sigmoid: a Keras port's
-model predicted nothing useful because its flow head carried a ReLU).
+Every head sits on one backbone (:func:`unet_backbone`), so comparisons between tasks (boundary,
+flow, distance; :mod:`unetflow.tasks`) differ only in the head, target, loss and post-processing.
+The boundary head emits class *logits* (softmax is applied at prediction); the distance head a
+distance map and a cellprob logit; the flow head is linear and emits ``[dy, dx, cellprob_logit]``
+(no ReLU, no sigmoid: a Keras port's model predicted nothing useful because its flow head carried
+a ReLU).
 """
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .flows import FLOWS_ALGORITHM_VERSION
 from .io import atomic_write, hash_file, read_labels
 from .tasks import TASKS
 
@@ -31,7 +30,8 @@ __all__ = ["TargetParams", "TargetCache", "precompute", "PrecomputeSummary", "co
 
 logger = logging.getLogger(__name__)
 
-#: Bumped when the entry layout or the boundary/label-reading code changes its output.
+#: Bumped when the entry layout or the reading of label files changes (what every task's targets
+#: start from); each task's own targets are versioned by its ``Task.version``.
 CACHE_FORMAT_VERSION = "1"
 #: The arrays of an entry: the labels and every task's targets.
 ENTRY_KEYS = ("labels",) + tuple(dict.fromkeys(k for task in TASKS.values() for k in task.kinds))
@@ -44,7 +44,9 @@ class TargetParams:
     boundary_width: int = 1
 
     def key_material(self) -> dict:
-        return {"params": asdict(self), "flows": FLOWS_ALGORITHM_VERSION, "format": CACHE_FORMAT_VERSION,
+        """What an entry's arrays depend on besides the label file's bytes: these parameters, the
+        entry format and each task's target version."""
+        return {"params": asdict(self), "format": CACHE_FORMAT_VERSION,
                 "tasks": {name: task.version for name, task in sorted(TASKS.items())}}
 
 

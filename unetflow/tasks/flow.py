@@ -7,6 +7,7 @@ import numpy as np
 
 from ..conventions import CELLPROB_TARGET_THRESHOLD, FLOW_X, FLOW_Y, split_flow_outputs
 from ..dynamics import PostprocessConfig, compute_masks, finish_masks, masks_before_checks
+from ..flows import FLOWS_ALGORITHM_VERSION
 from .base import Task
 
 
@@ -22,6 +23,7 @@ class FlowTask(Task):
         "...)`; the flows and logit also fit Cellpose's `dynamics.compute_masks(dP, cellprob, ...)`, with "
         "dP = channels 0-1 in (2, H, W) order.")
     kinds = {"flows": "vector", "cellprob": "nearest"}
+    version = FLOWS_ALGORITHM_VERSION  # the targets are the flows of unetflow.flows
     postprocess_class = PostprocessConfig
     tuning_grid = {"cellprob_threshold": (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0),
                    "flow_threshold": (0.0, 0.2, 0.4, 0.6, 0.8, 1.2)}
