@@ -61,7 +61,7 @@ def main():
     for run_dir in args.runs:
         run = load_run(run_dir)
         if not (run.dir / run.dir.THRESHOLDS).is_file():  # tuned on the run's own val split, as evaluate does
-            tune_thresholds(run, diameter=run.default_diameter)
+            tune_thresholds(run)
         for zoom in args.zooms:
             manifest = zoomed_copy(run, args.split, zoom, Path(args.work))
             for mode in args.modes:

@@ -271,24 +271,3 @@ def test_segment_images_matches_one_by_one_and_reports_bad_files(tiny_flow, tmp_
         outputs = np.concatenate([np.moveaxis(raw["flows"], 0, -1), raw["cellprob"][..., None]], -1)
         np.testing.assert_array_equal(labels, raw_to_labels(outputs, "flow", run.postprocess_config()))
 
-
-def test_size_search_votes_breaks_ties_and_falls_back(monkeypatch):
-    """estimate_diameter's rule on made-up measurements d(D): the value most candidates agree on
-    (within SIZE_AGREEMENT), ties to the most self-consistent (d nearest D), 0 when nothing is found."""
-    import unetflow.predict as P
-
-    def run(measure, candidates):
-        monkeypatch.setattr(P, "_measure_at", lambda model, x, D, **kw: measure(D))
-        return P.estimate_diameter(None, None, task="flow", train_diameter=17, postprocess=None, candidates=candidates)
-
-    cands = tuple(float(4 * 2 ** (k / 2)) for k in range(12))  # 4 .. 181 px
-    # flat around 30 px for candidates 16-64 (the network finds the same objects), fragments below
-    # (d follows D), nothing found above
-    flat = run(lambda D: 0.0 if D > 64 else (30.0 * (1 + 0.02 * np.log(D)) if D >= 16 else 0.9 * D), cands)
-    assert 30 < flat < 33
-    # two groups of two: the one whose measurements match their candidates wins
-    pairs = {8.0: 20.0, 11.0: 21.0, 40.0: 60.0, 45.0: 62.0}
-    assert run(lambda D: pairs[D], tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([60.0, 62.0]))))
-    pairs = {8.0: 8.5, 11.0: 8.0, 40.0: 100.0, 45.0: 101.0}
-    assert run(lambda D: pairs[D], tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([8.5, 8.0]))))
-    assert run(lambda D: 0.0, cands) == 0.0  # no candidate found two objects: the caller does not zoom

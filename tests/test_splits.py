@@ -111,10 +111,3 @@ def test_dsb_tiles_found_are_real_neighbours(dsb_root):
     others = [np.abs(grey[i][:, -1] - grey[k][:, 0]).mean() for k in range(len(grey)) if k not in (i, j)]
     assert np.median(others) > 3 * inside
 
-
-@pytest.mark.parametrize("bad", [0, -3, "big", float("nan")])
-def test_diameter_must_be_positive_or_auto(bad):
-    from unetflow.predict import check_diameter
-    with pytest.raises(ValueError, match="positive number of pixels or 'auto'"):
-        check_diameter(bad)
-    assert check_diameter("auto") == "auto" and check_diameter(12) == 12.0 and check_diameter(None) is None

@@ -60,8 +60,9 @@ def test_diameter_estimate_at_known_scales(tiny_flow, zoom):
 
     from unetflow.flows import diameters
     from unetflow.io import read_image, read_labels
-    from unetflow.predict import estimate_diameter, load_run
+    from unetflow.predict import load_run
     from unetflow.preprocess import prepare_image
+    from unetflow.sizing import estimate_diameter
 
     cfg, run_dir = tiny_flow
     run = load_run(run_dir)
@@ -71,7 +72,7 @@ def test_diameter_estimate_at_known_scales(tiny_flow, zoom):
         truth = diameters(rescale(read_labels(lab), zoom, order=0, preserve_range=True, anti_aliasing=False)
                           .astype(np.int32))
         d = estimate_diameter(run.model, prepare_image(x, cfg.input), task="flow",
-                              train_diameter=run.meta["train_median_diameter"], postprocess=run.postprocess_config())
+                              train_diameter=run.train_diameter, postprocess=run.postprocess_config())
         errors.append(d / truth - 1)
     assert np.median(np.abs(errors)) <= 0.10, errors
 
@@ -94,9 +95,9 @@ def test_auto_diameter_through_api_and_cli(tiny_flow, tmp_path, capsys):
     assert matching(truth, labels, 0.5).recall > 0.6
     # no diameter: the run's own choice; native for this run, auto for a run trained at one object size
     run = load_run(run_dir)
-    assert run.default_diameter is None and "diameter" not in predict_instances(run, big)[1]
+    assert run.default_sizing == "native" and "diameter" not in predict_instances(run, big)[1]
     run.config = dataclasses.replace(run.config, augment=dataclasses.replace(run.config.augment, target_diameter=16))
-    assert run.default_diameter == "auto" and predict_instances(run, big)[1]["diameter"] > 0
+    assert run.default_sizing == "auto" and predict_instances(run, big)[1]["diameter"] > 0
     write_image(tmp_path / "big.tif", big.astype(np.uint16))
     assert main(["predict", str(run_dir), str(tmp_path / "big.tif"), "--out", str(tmp_path / "out"),
                  "--diameter", "auto"]) == 0

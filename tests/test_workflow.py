@@ -88,31 +88,31 @@ def test_quickstart_on_given_data(dsb_root, tmp_path, capsys):
     assert (out / "report" / "report.md").is_file()
 
 
-def test_evaluate_rescaled(quick, tmp_path):
-    """--rescale zooms each image by train median / manifest diameter, into its own folder."""
+def test_evaluate_with_manifest_diameters(quick, tmp_path):
+    """diameter 'manifest' zooms each image by train median / manifest diameter, into its own folder."""
     import pandas as pd
     from unetflow.evaluate import evaluate_run
     from unetflow.predict import load_run
     out, _ = quick
     before = (out / "flow" / "eval_test" / "summary.json").read_text()
-    s = evaluate_run(out / "flow", "test", rescale=True, progress=False)
-    assert s["rescale"] and Path(s["out"]) == out / "flow" / "eval_test_rescaled"
-    assert (out / "flow" / "eval_test_rescaled" / "per_image.csv").is_file()
+    s = evaluate_run(out / "flow", "test", diameter="manifest", progress=False)
+    assert s["diameter"] == "manifest" and Path(s["out"]) == out / "flow" / "eval_test_manifest"
+    assert (out / "flow" / "eval_test_manifest" / "per_image.csv").is_file()
     assert (out / "flow" / "eval_test" / "summary.json").read_text() == before  # the plain evaluation is kept
-    s = evaluate_run(out / "flow", "test", rescale=True, tta=True, progress=False)
-    assert Path(s["out"]) == out / "flow" / "eval_test_tta_rescaled" and s["tta"]
+    s = evaluate_run(out / "flow", "test", diameter="manifest", tta=True, progress=False)
+    assert Path(s["out"]) == out / "flow" / "eval_test_tta_manifest" and s["tta"]
     # every test image at twice the training median diameter: the network sees them at half size
     run = load_run(out / "flow")
     manifest = pd.read_csv(run.meta["manifest"])
     manifest["median_object_diameter_px"] = 2 * run.meta["train_median_diameter"]
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     s = evaluate_run(out / "flow", "test", manifest=tmp_path / "manifest.csv", data_root=run.meta["data_root"],
-                     rescale=True, progress=False)
+                     diameter="manifest", progress=False)
     assert s["timing"]["megapixels"] > 0 and s["n_images"] == (manifest["split"] == "test").sum()
     manifest.drop(columns="median_object_diameter_px").to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(ValueError, match="median_object_diameter_px"):
         evaluate_run(out / "flow", "test", manifest=tmp_path / "manifest.csv", data_root=run.meta["data_root"],
-                     rescale=True, progress=False)
+                     diameter="manifest", progress=False)
 
 
 def test_evaluate_with_auto_diameter(quick):
@@ -129,9 +129,9 @@ def test_evaluate_with_auto_diameter(quick):
     error = np.nanmedian(np.abs(est / table["median_object_diameter_px"].to_numpy(float) - 1))
     assert s["diameter_estimate"]["median_relative_error"] == pytest.approx(error)
     assert s["diameter_estimate"]["failed"] == int(np.isnan(est).sum())
-    with pytest.raises(ValueError, match="not both"):
-        from unetflow.evaluate import evaluate_run
-        evaluate_run(out / "flow", "test", rescale=True, diameter="auto", progress=False)
+    from unetflow.evaluate import evaluate_run
+    with pytest.raises(ValueError, match="give diameter 'auto', 'native' or 'manifest', got 12"):
+        evaluate_run(out / "flow", "test", diameter=12, progress=False)
 
 
 def test_evaluate_relative_run_dir_and_tags_keep_precisions_apart(quick, monkeypatch):

@@ -190,10 +190,9 @@ def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, 
     from distributed import Client, LocalCluster
 
     from .geometry import receptive_radius
-    from .predict import Run, check_diameter
     from .rundir import RunDir, read_run
+    from .sizing import choose_sizing, zoom_factor
 
-    diameter = check_diameter(diameter)
     if int(block_size) != block_size or block_size < 64:
         raise ValueError(f"`block_size` must be an integer of at least 64 px, got {block_size!r}")
     out = Path(out)
@@ -203,27 +202,24 @@ def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, 
     H, W = array.shape[:2]
     # the main process reads only the run's files: TensorFlow runs in the workers alone
     config, meta, _ = read_run(run_dir)
-    stats, window = sample_stats(array, config.input)
     train_d = meta.get("train_median_diameter")
-    own = Run(Path(run_dir), config, None, meta).default_diameter
+    diameter = choose_sizing(diameter, config, train_d, run_dir)
+    stats, window = sample_stats(array, config.input)
     cluster = None if scheduler else LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
                                                   dashboard_address=None)
     client = Client(scheduler or cluster)
     try:
-        diameter = own if diameter is None else diameter
-        if diameter == "auto":  # once, on the brightest sample window, in a worker
+        if diameter == "auto":  # once, on the brightest sample window, in a worker: one size for every block
             diameter = client.submit(_estimate, str(Path(run_dir).resolve()), precision, window, stats,
-                                     pure=False).result() or None
-        # one size for every block (a run that sizes images itself gets its training size: no zoom)
-        block_diameter = diameter or (train_d if own == "auto" else None)
-        size = diameter or train_d or 30.0
-        factor = float(train_d) / float(block_diameter) if block_diameter and train_d else 1.0
+                                     pure=False).result() or "native"
+        factor = zoom_factor(train_d, diameter)
+        size = diameter if diameter != "native" else (train_d or 30.0)  # object size (px) for the halo
         multiple = RunDir(run_dir).model_params(config)["input_multiple"]
         halo = int(np.ceil(max(2 * size, receptive_radius(multiple) / factor, 32)))
         blocks = block_grid((H, W), int(block_size), halo)
         if len(blocks) * ID_STRIDE >= 2 ** 32:
             raise ValueError(f"{len(blocks)} blocks are too many for unique uint32 ids; use larger blocks")
-        kept = _run_blocks(client, blocks, run_dir, precision, source, stats, block_diameter, tile_size, out,
+        kept = _run_blocks(client, blocks, run_dir, precision, source, stats, diameter, tile_size, out,
                            int(block_size), progress)
     finally:
         client.close()
@@ -234,12 +230,12 @@ def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, 
 
 
 def _estimate(run_dir, precision, window, stats):
-    from .predict import estimate_diameter
     from .preprocess import prepare_image
+    from .sizing import estimate_diameter
 
     run = _run(run_dir, precision)
     x = prepare_image(window, run.config.input, stats)
-    return estimate_diameter(run.model, x, task=run.task, train_diameter=run.meta.get("train_median_diameter"),
+    return estimate_diameter(run.model, x, task=run.task, train_diameter=run.train_diameter,
                              postprocess=run.postprocess_config())
 
 

@@ -52,7 +52,8 @@ def _predict(args) -> int:
     from .formats import write_outputs
     from .io import write_image
     from .manifest import read_manifest
-    from .predict import check_diameter, check_tile_size, load_run, segment_images
+    from .predict import check_tile_size, load_run, segment_images
+    from .sizing import check_diameter
 
     diameter = check_diameter(args.diameter)  # before any work: a bad value is the user's error, not an image's
     if args.model:  # every positional is an image
@@ -130,7 +131,7 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate_run
 
     s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
-                     tta=args.tta, rescale=args.rescale, diameter=args.diameter or "default",
+                     tta=args.tta, diameter=args.diameter,
                      precision=args.precision, tag=args.tag or "", **dict(_parse_kv(kv) for kv in args.postprocess or ()))
     print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
@@ -252,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="test-time flips")
     p.add_argument("--tile-size", type=int, default=DEFAULT_TILE,
                    help="largest network tile side; an image that fits is one tile (default: %(default)s)")
-    p.add_argument("--diameter", help="median object diameter in the images (px), or 'auto' to estimate it per "
-                                      "image; each image is zoomed so its objects have the training size "
-                                      "(default: 'auto' for runs trained at one object size, else none)")
+    p.add_argument("--diameter", metavar="{auto,native,PX}",
+                   help="how each image is sized: auto (estimate its median object diameter and zoom its "
+                        "objects to the training size), native (no zoom) or the diameter in px (default: the "
+                        "run's own, auto for runs trained at one object size, else native)")
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=["labels"], metavar="FORMAT",
                    help="what to write for each image, any of: labels (<stem>_labels.tif), cellpose "
                         "(<stem>_masks.tif and <stem>_seg.npy for the Cellpose GUI), rois (<stem>_rois.zip for "
@@ -274,13 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data root (default: the run's)")
     p.add_argument("--no-tune", action="store_true", help="do not tune thresholds on the val split")
     p.add_argument("--tta", action="store_true", help="test-time flips; writes eval_<split>_tta/")
-    p.add_argument("--rescale", action="store_true",
-                   help="zoom each image so its objects (the manifest's median_object_diameter_px) match the "
-                        "training median diameter; writes eval_<split>_rescaled/")
-    p.add_argument("--diameter", choices=("auto", "native"),
-                   help="auto: estimate each image's object size and zoom it to the training size; native: each "
-                        "image at its own scale (default: the run's own, auto for runs trained at one object "
-                        "size, written to eval_<split>/; the other one to eval_<split>_auto/ or _native/)")
+    p.add_argument("--diameter", choices=("auto", "native", "manifest"),
+                   help="how each image is sized, as for predict: auto, native, or manifest (zoom by the "
+                        "manifest's median_object_diameter_px, known from the annotations: a diagnostic) "
+                        "(default: the run's own, written to eval_<split>/; others to eval_<split>_<diameter>/)")
     p.add_argument("--postprocess", action="append", metavar="KEY=VALUE",
                    help="post-processing override, e.g. flow_threshold=0.6 (repeatable)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",

@@ -1,7 +1,7 @@
 """Evaluation of a run on a split, and post-processing threshold tuning on the validation split.
 
 ``evaluate_run`` writes an evaluation folder of the run directory (:meth:`unetflow.rundir.RunDir.eval_dir`:
-``eval_<split>/``, ``eval_<split>_tta/``, ``..._rescaled/`` ... for the variants)::
+``eval_<split>/``, ``eval_<split>_tta/``, ``..._manifest/`` ... for the variants)::
 
     per_image.csv     one row per (image, IoU threshold): counts, AP, F1, PQ, error categories
     summary.json      dataset-level scores at IoU 0.50:0.05:0.95, mean F1, error categories,
@@ -25,7 +25,8 @@ import numpy as np
 from .conventions import DEFAULT_TILE
 from .io import atomic_write, read_ahead, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
-from .predict import Run, check_diameter, load_run, predict_raw_many, raw_to_labels, resolve_size
+from .predict import Run, load_run, predict_raw_many, raw_to_labels
+from .sizing import resolve_size
 from .preprocess import prepare_image
 from .tasks import get_task
 
@@ -52,22 +53,20 @@ def split_files(run: Run, split: str, manifest=None, data_root=None):
             m.table.reset_index(drop=True))
 
 
-def _diameters(run: Run, rows):
-    """Per-image object diameters from the manifest, to rescale each image to the training median."""
+def _manifest_diameters(rows):
+    """Per-image object diameters from the manifest (the ``"manifest"`` sizing)."""
     column = "median_object_diameter_px"
     if column not in rows.columns or rows[column].isna().any():
-        raise ValueError(f"rescaling needs a {column!r} value for every image of the manifest")
-    if not run.meta.get("train_median_diameter"):
-        raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run made by an earlier unetflow)")
+        raise ValueError(f"diameter 'manifest' needs a {column!r} value for every image of the manifest")
     return list(rows[column])
 
 
 def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diameters=None, progress=True):
     """Raw network outputs for each image (prepared with the run's input conventions), with timings.
 
-    `diameters`: None (each image at its own scale), ``"auto"`` (each image's object diameter
-    estimated by :func:`unetflow.predict.estimate_diameter`), or one diameter per image; the image is
-    then rescaled so its objects match the training median diameter, and the outputs resized back.
+    `diameters`: a sizing of :mod:`unetflow.sizing` for every image (``"native"``, ``"auto"``; None:
+    the run's own), or one diameter per image; the image is then zoomed so its objects match the
+    training median diameter, and the outputs back.
     Images are read ahead by a background thread, and tiles of one shape from consecutive images
     share network calls (:func:`unetflow.predict.predict_raw_many`).  The timings hold the network
     time (wall time, less the size estimation and any wait for reading) and, with ``"auto"``, the
@@ -75,9 +74,10 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
     """
     from .progress import progress_bar
 
-    train_d = run.meta.get("train_median_diameter")
-    if diameters is not None and not train_d:
-        raise ValueError(f"{run.path}: meta.json has no train_median_diameter (a run made by an earlier unetflow)")
+    if diameters is None or isinstance(diameters, str):
+        diameters = run.sizing(diameters)
+    else:
+        diameters = [run.sizing(d) for d in diameters]
     clock = {"size": 0.0, "wait": 0.0, "px": 0}
     used = []
     pp = run.postprocess_config()
@@ -89,8 +89,9 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
             t1 = time.perf_counter()
             if isinstance(x, Exception):
                 raise x
-            wanted = diameters if diameters is None or isinstance(diameters, str) else diameters[k]
-            d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=train_d, postprocess=pp)
+            wanted = diameters if isinstance(diameters, str) else diameters[k]
+            d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=run.train_diameter,
+                                     postprocess=pp)
             clock["wait"] += t1 - t0
             clock["size"] += time.perf_counter() - t1
             clock["px"] += x.shape[0] * x.shape[1]
@@ -119,7 +120,8 @@ def tune_thresholds(run: Run, *, manifest=None, data_root=None, split: str = "va
                     progress=True) -> dict:
     """Grid-search the post-processing thresholds on `split`; save and return them.
 
-    `diameter` (None or ``"auto"``) sizes the images as the evaluation will.
+    `diameter` (a sizing of :mod:`unetflow.sizing`; None: the run's own) sizes the images as the
+    evaluation will.
 
     Returns a dict with the chosen ``postprocess`` overrides, the objective, and the grid's scores.
     """
@@ -171,45 +173,38 @@ def summarize(truth, preds, table, meta_rows=None) -> dict:
 
 
 def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None, tune: bool = True,
-                 tta: bool = False, rescale: bool = False, diameter="default", tag: str = "", progress: bool = True,
+                 tta: bool = False, diameter=None, tag: str = "", progress: bool = True,
                  precision: str = "float32", **postprocess) -> dict:
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
 
-    `diameter`: ``"auto"`` estimates each image's object size and zooms it to the training size
-    (reporting the estimates' error against the manifest's ``median_object_diameter_px``),
-    ``"native"`` uses each image at its own scale, and ``"default"`` is the run's own choice
-    (:attr:`unetflow.predict.Run.default_diameter`).  The run's own choice writes ``eval_<split>/``;
-    the other one ``eval_<split>_auto/`` or ``eval_<split>_native/``.  Thresholds are tuned with the
-    run's own choice.
+    `diameter`: how each image is sized (:mod:`unetflow.sizing`): ``"auto"`` estimates each image's
+    object size and zooms it to the training size (reporting the estimates' error against the
+    manifest's ``median_object_diameter_px``), ``"native"`` uses each image at its own scale,
+    ``"manifest"`` zooms by the manifest's diameters (known from the annotations: a diagnostic of
+    what object size costs), and None is the run's own choice (:attr:`unetflow.predict.Run.default_sizing`).
+    The run's own choice writes ``eval_<split>/``, another ``eval_<split>_<diameter>/``.  Thresholds
+    are tuned with the run's own choice.
     `tag` is appended to the output folder's name (e.g. ``eval_test_auto_zoom2``).
     `precision` is what the network computes in (:func:`unetflow.predict.load_run`); other than
     float32 it is appended to the folder's name unless a `tag` is given (``eval_test_bfloat16``).
 
-    With `rescale`, each image is zoomed so its objects (the manifest's ``median_object_diameter_px``,
-    known from the annotations) match the training median diameter: a diagnostic of how much object
-    scale costs; the thresholds stay those tuned without rescaling.
-
     Returns the summary dict (also written to ``RUN_DIR/eval_<split>/summary.json``; with `tta` or
-    `rescale` to ``eval_<split>_tta/``, ``eval_<split>_rescaled/`` or ``eval_<split>_tta_rescaled/``, so the
-    plain evaluation that ``compare`` reads is kept).
+    another sizing to ``eval_<split>_tta/``, ``eval_<split>_manifest/``, ``eval_<split>_tta_auto/``
+    ..., so the plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir, precision=precision)
     # a precision other than float32 always names the folder: a tag alone must not overwrite float32's
     tag = "_".join(p for p in ("" if precision == "float32" else precision, tag) if p)
-    if diameter not in ("default", "native", "auto"):
-        check_diameter(diameter)  # a number: the error says what is allowed
-        raise ValueError(f"evaluate takes diameter 'auto', 'native' or 'default' for a whole split, got {diameter!r}")
-    if rescale and diameter == "auto":
-        raise ValueError("give either rescale (the manifest's diameters) or diameter='auto', not both")
-    sizing = run.default_diameter if diameter == "default" else (None if diameter == "native" else "auto")
+    if diameter is not None and not isinstance(diameter, str):
+        raise ValueError(f"evaluate sizes a whole split: give diameter 'auto', 'native' or 'manifest', got {diameter!r}")
+    sizing = run.sizing(diameter, words=("auto", "native", "manifest"))
     if tune and not (run.dir / run.dir.THRESHOLDS).is_file() and split != "val":
-        tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, diameter=run.default_diameter,
-                        progress=progress)
+        tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, progress=progress)
     images, labels, names, rows = split_files(run, split, manifest, data_root)
     if not images:
         raise ValueError(f"split {split!r} is empty")
     truth = [read_labels(p) for p in labels]
-    diameters = _diameters(run, rows) if rescale else sizing
+    diameters = _manifest_diameters(rows) if sizing == "manifest" else sizing
     raws, timing = predict_split(run, images, tta=tta, diameters=diameters, progress=progress)
     used = timing.pop("diameters")
     config = run.postprocess_config(**postprocess)
@@ -217,7 +212,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     preds = _postprocess_all(run, raws, config)
     timing["postprocess_s"] = time.perf_counter() - t0
     # the run's own sizing writes eval_<split>/ (what compare and the notebooks read); others a suffix
-    suffix = "rescaled" if rescale else "" if sizing == run.default_diameter else {None: "native", "auto": "auto"}[sizing]
+    suffix = "" if sizing == run.default_sizing else sizing
     where = dict(tta=tta, sizing=suffix, tag=tag)
     out = run.dir.eval_dir(split, **where)
     for k, (name, pred) in enumerate(zip(names, preds)):
@@ -235,12 +230,11 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     atomic_write(out / run.dir.PER_IMAGE, lambda tmp: table.to_csv(tmp, index=False))
     summary = summarize(truth, preds, table, rows)
     column = "median_object_diameter_px"
-    if sizing == "auto" and not rescale and column in rows.columns:
+    if sizing == "auto" and column in rows.columns:
         est, true = np.array([u or np.nan for u in used], float), rows[column].to_numpy(float)
         summary["diameter_estimate"] = {"median_relative_error": float(np.nanmedian(np.abs(est / true - 1))),
                                         "failed": int(np.isnan(est).sum())}
-    summary.update(run=str(run.path), out=str(out), task=run.task, split=split, tta=tta, rescale=rescale,
-                   diameter=sizing, precision=precision,
+    summary.update(run=str(run.path), out=str(out), task=run.task, split=split, tta=tta, diameter=sizing, precision=precision,
                    postprocess={k: v for k, v in vars(config).items()},
                    timing={**timing, "network_s_per_mpx": timing["network_s"] / timing["megapixels"],
                            "size_estimation_s_per_mpx": timing["size_estimation_s"] / timing["megapixels"],

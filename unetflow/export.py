@@ -112,7 +112,7 @@ def _cover(image, labels, path) -> None:
 def _documentation(run, task, params, name: str, scores: dict | None) -> str:
     cfg = run.config
     lo, hi = cfg.input.percentiles
-    d = run.meta.get("train_median_diameter")
+    d = run.train_diameter
     pp = run.postprocess_config()
     lines = [
         f"# {name}", "",
@@ -250,7 +250,7 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
                 "version": __version__, "task": task.name, "run": run.path.name,
                 "input": {"grey": run.config.input.grey, "invert_bright_background":
                           run.config.input.invert_bright_background},
-                "train_median_diameter": run.meta.get("train_median_diameter"),
+                "train_median_diameter": run.train_diameter,
                 "postprocess": dataclasses.asdict(run.postprocess_config()),
                 "test_image": Path(source).name}},
         }

@@ -26,10 +26,11 @@ from . import __version__
 from .conventions import DEFAULT_TILE
 from .preprocess import prepare_image
 from .rundir import RunDir, read_run
+from .sizing import check_diameter, choose_sizing, default_sizing, require_train_diameter, resolve_size
 from .tasks import get_task
 
 __all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_raw_many", "predict_instances", "tile_layout",
-           "check_diameter", "estimate_diameter", "resolve_size", "raw_to_labels", "segment_images", "SIZE_CANDIDATES"]
+           "raw_to_labels", "segment_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +60,19 @@ class Run:
         return self.params.get("input_multiple")
 
     @property
-    def default_diameter(self):
-        """How the run sizes images unless told otherwise: ``"auto"`` when it was trained at one object
-        size (``augment.target_diameter``), else None (each image at its own scale)."""
-        return "auto" if self.config.augment.target_diameter else None
+    def train_diameter(self) -> float | None:
+        """The median object diameter (px) the run was trained at, or None when it is not recorded."""
+        return self.meta.get("train_median_diameter")
+
+    @property
+    def default_sizing(self) -> str:
+        """How the run sizes images unless told otherwise (:func:`unetflow.sizing.default_sizing`)."""
+        return default_sizing(self.config)
+
+    def sizing(self, diameter=None, words=("auto", "native")):
+        """`diameter` in the vocabulary of :mod:`unetflow.sizing`, checked, None replaced by the run's
+        own choice (:func:`unetflow.sizing.choose_sizing`)."""
+        return choose_sizing(diameter, self.config, self.train_diameter, self.path, words)
 
     def postprocess_config(self, **overrides):
         """The run's post-processing config: config, then tuned thresholds, then `overrides`."""
@@ -345,19 +355,6 @@ def _outputs(task, raw, diameter) -> dict:
     return {**get_task(task).outputs(raw), **({"diameter": diameter} if diameter else {})}
 
 
-def check_diameter(diameter):
-    """``None``, a positive number of pixels, or ``"auto"``; anything else is an error naming the value."""
-    if diameter is None or (isinstance(diameter, str) and diameter.strip().lower() == "auto"):
-        return None if diameter is None else "auto"
-    try:
-        value = float(diameter)
-    except (TypeError, ValueError):
-        raise ValueError(f"`diameter` must be a positive number of pixels or 'auto', got {diameter!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"`diameter` must be a positive number of pixels or 'auto', got {diameter!r}")
-    return value
-
-
 #: One post-processing at a time: numba's parallel kernels must not be entered from two threads at
 #: once under its fallback threading layer (workqueue, without OpenMP or TBB), and two at once would
 #: only share the same cores.
@@ -369,87 +366,6 @@ def raw_to_labels(raw, task, config):
     (thread-safe: concurrent calls run one after the other)."""
     with _POSTPROCESS_LOCK:
         return get_task(task).to_labels(raw, config)
-
-
-#: Object diameters (px) the size search tries: 4 to 181 px, a factor of sqrt(2) apart.
-SIZE_CANDIDATES = tuple(float(4 * 2 ** (k / 2)) for k in range(12))
-#: Side (px, after zooming) of the one window the size search looks at per candidate.
-SIZE_WINDOW = 256
-#: Measurements within this factor of each other agree (the network's own scale tolerance).
-SIZE_AGREEMENT = 1.25
-
-
-def _brightest_window(x, side: int):
-    """The `side` x `side` window of `x` (or all of it) with the highest mean: objects, not background."""
-    H, W = x.shape[:2]
-    sy, sx = min(side, H), min(side, W)
-    step_y, step_x = max(1, sy // 4), max(1, sx // 4)
-    sums = np.cumsum(np.cumsum(np.pad(x.mean(-1), ((1, 0), (1, 0))), 0), 1)
-    ys, xs = np.arange(0, H - sy + 1, step_y), np.arange(0, W - sx + 1, step_x)
-    total = sums[ys[:, None] + sy, xs[None] + sx] - sums[ys[:, None], xs[None] + sx] \
-        - sums[ys[:, None] + sy, xs[None]] + sums[ys[:, None], xs[None]]
-    iy, ix = np.unravel_index(np.argmax(total), total.shape)
-    return x[ys[iy]:ys[iy] + sy, xs[ix]:xs[ix] + sx]
-
-
-def _measure_at(model, x, D, *, task, train_diameter, postprocess, window):
-    """Median object diameter (px of `x`) found when `x` is zoomed as if its objects were `D` px."""
-    from skimage.transform import rescale
-
-    from .flows import diameters
-
-    factor = float(train_diameter) / D
-    crop = _brightest_window(x, max(8, int(np.ceil(window / factor))))
-    z = rescale(crop, factor, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=False)[:window, :window]
-    h, w = z.shape[:2]
-    padded = np.zeros((window, window, x.shape[-1]), np.float32)  # one input shape: no retracing
-    padded[:h, :w] = z
-    raw = predict_raw(model, padded, task=task, tile_size=window)[:h, :w]
-    labels = raw_to_labels(raw, task, postprocess)
-    return diameters(labels) / factor if labels.max() >= 2 else 0.0
-
-
-def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess, candidates=SIZE_CANDIDATES,
-                      window: int = SIZE_WINDOW):
-    """Median object diameter (px) of a prepared image ``(H, W, C)``, from the network itself.
-
-    A scale search.  For each candidate diameter ``D`` the image is zoomed by ``train_diameter / D``
-    (objects of size ``D`` would then have the size the network learnt); one window of
-    `window` x `window` zoomed pixels (the brightest, so it holds objects) goes through the network
-    and the post-processing, and the median diameter ``d(D)`` of the objects found is measured back
-    in the image's pixels.  Around the true size, ``d(D)`` stays flat: the network, trained with
-    scale augmentation, finds the same objects whatever the zoom.  Zoomed too far in, objects
-    fragment into pieces that follow ``D``; too far out, they vanish or merge.  So the estimate is
-    the value most candidates agree on: the measurement with the most others within
-    ``SIZE_AGREEMENT`` of it (ties: the most self-consistent, ``d`` nearest ``D``), and the
-    median of those that agree.  The cost is one window per candidate, whatever the image size.
-
-    Returns
-    -------
-    diameter : float
-        0.0 when no candidate finds at least two objects.
-    """
-    kw = dict(task=task, train_diameter=train_diameter, postprocess=postprocess, window=window)
-    found = [(D, d) for D in candidates if (d := _measure_at(model, x, D, **kw)) > 0]
-    if not found:
-        return 0.0
-    logd = np.log([d for _, d in found])
-    agree = np.abs(logd[:, None] - logd[None, :]) < np.log(SIZE_AGREEMENT)
-    consistency = np.abs(logd - np.log([D for D, _ in found]))
-    best = min(range(len(found)), key=lambda k: (-agree[k].sum(), consistency[k]))
-    return float(np.exp(np.median(logd[agree[best]])))
-
-
-def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):
-    """The object diameter to size a prepared image by, and the zoom factor it implies.
-
-    `diameter` is None (no zoom), a number, or ``"auto"`` (:func:`estimate_diameter`; no zoom when
-    it finds nothing).  Returns ``(diameter or None, train_diameter / diameter or 1.0)``.
-    """
-    if diameter == "auto":
-        diameter = estimate_diameter(model, x, task=task, train_diameter=train_diameter, postprocess=postprocess)
-    diameter = diameter or None
-    return diameter, float(train_diameter) / float(diameter) if diameter else 1.0
 
 
 def predict_instances(model_or_run, image, *, task: str | None = None, input_config=None, tile_size: int = DEFAULT_TILE,
@@ -466,13 +382,12 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     tile_size, overlap, batch_size : tiling of the network pass.
     tta : bool
         Test-time flips.
-    diameter : float or "auto", optional
-        Median object diameter in this image (pixels), or ``"auto"`` to estimate it from the image
-        (:func:`estimate_diameter`).  With the training diameter known (from the run, or
-        `train_diameter`), the image is rescaled so its objects match the training size before the
-        network, and the outputs are scaled back.  None: the run's own choice
-        (:attr:`Run.default_diameter`: ``"auto"`` for runs trained at one object size, which is
-        measured to be much better for them, see docs/results.md), else the image's own scale.
+    diameter : float, "auto" or "native", optional
+        Median object diameter in this image (pixels), ``"auto"`` to estimate it from the image
+        (:func:`unetflow.sizing.estimate_diameter`) or ``"native"`` for no zoom.  With the training
+        diameter known (from the run, or `train_diameter`), the image is zoomed so its objects
+        match the training size before the network, and the outputs are zoomed back.  None: the
+        run's own choice (:attr:`Run.default_sizing`), ``"native"`` for a bare Keras model.
     input_stats : unetflow.preprocess.InputStats, optional
         Normalise with these statistics instead of the image's own (blocks of a huge image).
     **postprocess
@@ -488,29 +403,29 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     Raises
     ------
     ValueError
-        If `diameter` is not None, a positive number or ``"auto"``, or is given for a model whose
-        training diameter is unknown.
+        If `diameter` is not None, a positive number, ``"auto"`` or ``"native"``, or asks for a
+        zoom of a model whose training diameter is unknown.
     """
-    diameter = check_diameter(diameter)
     run = model_or_run if isinstance(model_or_run, Run) else None
     if run is None and isinstance(model_or_run, (str, Path)):
         run = load_run(model_or_run)
     if run is not None:
         model, task, input_config, multiple = run.model, run.task, run.config.input, run.input_multiple
-        if diameter is None:  # a run trained at one object size needs its images at that size
-            diameter = run.default_diameter
-        train_diameter = train_diameter or run.meta.get("train_median_diameter")
+        diameter = run.sizing(diameter)
+        train_diameter = train_diameter or run.train_diameter
         pp = run.postprocess_config(**postprocess)
     else:
         from .tasks import TASKS
         model, multiple = model_or_run, None
         if task not in TASKS:
             raise ValueError(f"with a bare Keras model, give `task`, one of {sorted(TASKS)}; got {task!r}")
+        diameter = check_diameter(diameter)
+        diameter = "native" if diameter is None else diameter
+        if diameter != "native":
+            require_train_diameter(train_diameter, "a bare Keras model without `train_diameter`")
         pp = get_task(task).postprocess_class().with_overrides(**postprocess)
     x = prepare_image(image, input_config, input_stats) if input_config is not None else np.asarray(image, np.float32)
     x = _network_input(x, model)
-    if diameter and not train_diameter:
-        raise ValueError("`diameter` was given but the training median diameter is unknown: pass `train_diameter`")
     diameter, factor = resolve_size(model, x, diameter, task=task, train_diameter=train_diameter, postprocess=pp)
     raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
                            batch_size=batch_size, tta=tta, input_multiple=multiple)
@@ -537,12 +452,8 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
 
     from .io import read_ahead, read_image
 
-    diameter = check_diameter(diameter)
-    diameter = run.default_diameter if diameter is None else diameter
+    diameter = run.sizing(diameter)
     pp = run.postprocess_config(**postprocess)
-    train_d = run.meta.get("train_median_diameter")
-    if diameter and not train_d:
-        raise ValueError(f"{run.path}: meta.json has no train_median_diameter, so `diameter` cannot be used")
     started, failed = deque(), deque()  # (path, diameter) of the images in the network; errors to report
 
     def prepared(path):
@@ -554,7 +465,7 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
                 failed.append((path, x))
                 continue
             try:
-                d, factor = resolve_size(run.model, x, diameter, task=run.task, train_diameter=train_d,
+                d, factor = resolve_size(run.model, x, diameter, task=run.task, train_diameter=run.train_diameter,
                                          postprocess=pp)
             except ValueError as exc:
                 failed.append((path, exc))

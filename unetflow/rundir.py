@@ -13,7 +13,7 @@
     training_curves.png
     tensorboard/           TensorBoard logs
     thresholds.json        post-processing thresholds tuned on the validation split
-    eval_<split>[_tta][_auto|_native|_rescaled][_<tag>]/
+    eval_<split>[_tta][_auto|_native|_manifest][_<tag>]/
         summary.json, per_image.csv, labels/<image>.tif, raw/<image>.npz
 
 Every file is written under a temporary name and renamed (:func:`unetflow.io.atomic_write`).
@@ -88,7 +88,7 @@ class RunDir:
         return self.path / f"{which}.keras"
 
     def eval_dir(self, split: str, *, tta: bool = False, sizing: str = "", tag: str = "") -> Path:
-        """``eval_<split>[_tta][_<sizing>][_<tag>]/``; `sizing` is "" (the run's own), "auto", "native" or "rescaled"."""
+        """``eval_<split>[_tta][_<sizing>][_<tag>]/``; `sizing` is "" (the run's own), "auto", "native" or "manifest"."""
         parts = [f"eval_{split}"] + (["tta"] if tta else []) + [p for p in (sizing, tag) if p]
         return self.path / "_".join(parts)
 

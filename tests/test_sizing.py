@@ -1,0 +1,55 @@
+"""Object size (unetflow.sizing): one vocabulary, the run's own choice, and the size search's rule."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("bad", [0, -3, "big", float("nan")])
+def test_diameter_is_one_vocabulary(bad):
+    from unetflow.sizing import check_diameter
+    with pytest.raises(ValueError, match="positive number of pixels or 'auto' or 'native', got"):
+        check_diameter(bad)
+    assert check_diameter("auto") == "auto" and check_diameter(" Native") == "native"
+    assert check_diameter(12) == 12.0 and check_diameter(None) is None
+    with pytest.raises(ValueError, match="'manifest' is not available here"):
+        check_diameter("manifest")
+    assert check_diameter("manifest", words=("auto", "native", "manifest")) == "manifest"
+
+
+def test_the_runs_own_choice_and_one_error_without_a_training_size():
+    from unetflow.config import ExperimentConfig
+    from unetflow.sizing import choose_sizing, zoom_factor
+
+    cfg = ExperimentConfig()
+    at_one_size = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, target_diameter=17))
+    native = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, target_diameter=None))
+    assert choose_sizing(None, at_one_size, 17, "run") == "auto"
+    assert choose_sizing(None, native, None, "run") == "native"
+    assert choose_sizing(30, native, 17, "run") == 30.0
+    for wanted in ("auto", 30):  # a zoom needs the training size: the error names the run and the way out
+        with pytest.raises(ValueError, match="old_run .*training object size is unknown.*use diameter 'native'"):
+            choose_sizing(wanted, native, None, "old_run")
+    assert zoom_factor(17, 34.0) == 0.5 and zoom_factor(17, "native") == 1.0 and zoom_factor(None, None) == 1.0
+
+
+def test_size_search_votes_breaks_ties_and_falls_back(monkeypatch):
+    """estimate_diameter's rule on made-up measurements d(D): the value most candidates agree on
+    (within SIZE_AGREEMENT), ties to the most self-consistent (d nearest D), 0 when nothing is found."""
+    import unetflow.sizing as P
+
+    def run(measure, candidates):
+        monkeypatch.setattr(P, "_measure_at", lambda model, x, D, **kw: measure(D))
+        return P.estimate_diameter(None, None, task="flow", train_diameter=17, postprocess=None, candidates=candidates)
+
+    cands = tuple(float(4 * 2 ** (k / 2)) for k in range(12))  # 4 .. 181 px
+    # flat around 30 px for candidates 16-64 (the network finds the same objects), fragments below
+    # (d follows D), nothing found above
+    flat = run(lambda D: 0.0 if D > 64 else (30.0 * (1 + 0.02 * np.log(D)) if D >= 16 else 0.9 * D), cands)
+    assert 30 < flat < 33
+    # two groups of two: the one whose measurements match their candidates wins
+    pairs = {8.0: 20.0, 11.0: 21.0, 40.0: 60.0, 45.0: 62.0}
+    assert run(lambda D: pairs[D], tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([60.0, 62.0]))))
+    pairs = {8.0: 8.5, 11.0: 8.0, 40.0: 100.0, 45.0: 101.0}
+    assert run(lambda D: pairs[D], tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([8.5, 8.0]))))
+    assert run(lambda D: 0.0, cands) == 0.0  # no candidate found two objects: the caller does not zoom
