@@ -4,7 +4,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from unetflow.conventions import FLOW_SCALE
-from unetflow.losses import (CellprobIoU, ClassRecall, FlowLoss, FlowMSE, WeightedCategoricalCrossentropy)
+from unetflow.losses import (CellprobIoU, ClassRecall, FlowLoss, MapMSE, WeightedCategoricalCrossentropy)
 
 
 def bce_logits(x, z):
@@ -76,7 +76,7 @@ def test_metrics():
     iou = CellprobIoU()
     iou.update_state(y_true, y_pred)
     assert float(iou.result()) == pytest.approx(1 / 3)
-    mse = FlowMSE()
+    mse = MapMSE()
     y_pred[..., 0] = 1.0
     mse.update_state(y_true, y_pred)
     assert float(mse.result()) == pytest.approx(0.5)
@@ -85,3 +85,9 @@ def test_metrics():
     pred = np.eye(3, dtype=np.float32)[[[0, 2], [1, 2]]][None]
     rec.update_state(onehot, pred)
     assert float(rec.result()) == pytest.approx(2 / 3)
+
+
+def test_models_saved_with_the_metrics_old_name_still_load():
+    """Runs trained before the map metric got its general name store it as ``unetflow>FlowMSE``."""
+    import keras
+    assert keras.saving.get_registered_object("unetflow>FlowMSE") is MapMSE

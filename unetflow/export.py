@@ -252,16 +252,9 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
                           run.config.input.invert_bright_background},
                 "train_median_diameter": run.train_diameter,
                 "postprocess": dataclasses.asdict(run.postprocess_config()),
-                "test_image": Path(source).name}},
+                "test_image": Path(source).name},
+                **task.package_config(run.postprocess_config())},
         }
-        if task.name == "flow":
-            # the spec's cellpose_flow_dynamics step would need the cellpose package wherever the
-            # package is tested and would replace the test output by Cellpose's labels, so the
-            # outputs stay raw and its arguments are given here for consumers that have Cellpose
-            pp = run.postprocess_config()
-            rdf["config"]["cellpose_flow_dynamics"] = {
-                "cellprob_threshold": float(pp.cellprob_threshold), "flow_threshold": float(pp.flow_threshold or 0.0),
-                "do_3D": False, "min_size": int(pp.min_size)}
         (tmp / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True))
         files = ["rdf.yaml", "README.md", "cover.png", "model.keras", "tf_saved_model.zip", "test_input.npy",
                  "test_output.npy", "sample_input.tif", "sample_output.tif"]

@@ -20,7 +20,7 @@ from .conventions import BBBC_CLASS_WEIGHTS, BOUNDARY, CELLPROB, CELLPROB_TARGET
 
 __all__ = ["flow_loss", "regression_cellprob_loss", "weighted_categorical_crossentropy", "FlowLoss", "DistanceLoss",
            "WeightedCategoricalCrossentropy",
-           "FlowMSE", "CellprobIoU", "ClassRecall"]
+           "MapMSE", "CellprobIoU", "ClassRecall"]
 
 
 def _bce_with_logits(logits, targets):
@@ -140,9 +140,10 @@ class WeightedCategoricalCrossentropy(keras.losses.Loss):
 # ----------------------------------------------------------------------------- metrics
 
 @keras.saving.register_keras_serializable(package="unetflow")
-class FlowMSE(keras.metrics.Mean):
+class MapMSE(keras.metrics.Mean):
     """Mean squared error of the predicted maps (every channel but the last, cellprob) against
-    `scale` times the targets: the flows against ``FLOW_SCALE`` times the unit flows by default."""
+    `scale` times the targets: the flows against ``FLOW_SCALE`` times the unit flows by default, a
+    distance map against ``DISTANCE_SCALE`` times its target."""
 
     def __init__(self, name="flow_mse", scale: float = FLOW_SCALE, **kwargs):
         super().__init__(name=name, **kwargs)
@@ -156,6 +157,10 @@ class FlowMSE(keras.metrics.Mean):
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale}
+
+
+# models saved before the metric had its general name still load
+keras.saving.get_custom_objects()["unetflow>FlowMSE"] = MapMSE
 
 
 class _RatioMetric(keras.metrics.Metric):

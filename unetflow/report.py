@@ -70,8 +70,8 @@ def _plots(runs, out: Path, split: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .conventions import split_flow_outputs
     from .flows import flows_to_rgb, masks_to_flows
+    from .tasks import get_task
 
     files = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -146,7 +146,7 @@ def _plots(runs, out: Path, split: str):
         _savefig(fig, out / f"overlay_{stem}.png")
         files.append((f"Example {name}", f"overlay_{stem}.png"))
     # flow colour wheels of an image whose raw outputs every flow run kept (evaluate keeps a few)
-    flow_runs = [d for d, s, _ in runs if s["task"] == "flow"]
+    flow_runs = {d: get_task(s["task"]) for d, s, _ in runs if get_task(s["task"]).has_flow_field}
     kept = [n for n in names if n in labels and
             all(RunDir(d).eval_raw(split, n).is_file() for d in flow_runs)] if flow_runs else []
     if kept:
@@ -156,8 +156,8 @@ def _plots(runs, out: Path, split: str):
         axes[0].set_title("flows of the true labels", fontsize=9)
         for ax, d in zip(axes[1:], flow_runs):
             raw = np.load(RunDir(d).eval_raw(split, name))["raw"]
-            dP, cellprob = split_flow_outputs(raw)
-            ax.imshow(flows_to_rgb(dP, mask=cellprob > 0))
+            dP, mask = flow_runs[d].flow_field(raw)
+            ax.imshow(flows_to_rgb(dP, mask=mask))
             ax.set_title(f"predicted flows: {d.name}", fontsize=9)
         for ax in axes:
             ax.axis("off")

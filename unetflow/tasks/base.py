@@ -107,6 +107,20 @@ class Task:
         """The blended outputs as named arrays (what ``predict_instances`` returns besides labels)."""
         return {"raw": raw}
 
+    @property
+    def has_flow_field(self) -> bool:
+        """Whether the outputs carry a vector field (a ``"vector"`` target) that reports can draw."""
+        return "vector" in self.kinds.values()
+
+    def flow_field(self, raw: np.ndarray):
+        """``(dP (2, H, W), cell mask (H, W))`` of outputs with a vector field (see :attr:`has_flow_field`)."""
+        raise NotImplementedError(f"the {self.name} task's outputs carry no vector field")
+
+    def package_config(self, postprocess) -> dict:
+        """Entries of an exported model package's ``config`` for people who use the raw outputs
+        with other software (`postprocess`: the run's post-processing options)."""
+        return {}
+
     # ---------------------------------------------------------------- tuning
     def tune(self, raws, objective, base, progress: bool = True) -> list:
         """Score every point of :attr:`tuning_grid`: a list of ``(overrides, objective(predictions))``.

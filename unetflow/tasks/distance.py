@@ -44,9 +44,9 @@ class DistanceTask(Task):
         return DistanceLoss(DISTANCE_SCALE, loss_config.distance_weight, loss_config.prob_weight)
 
     def metrics(self):
-        from ..losses import CellprobIoU, FlowMSE
+        from ..losses import CellprobIoU, MapMSE
 
-        return [FlowMSE(name="distance_mse", scale=DISTANCE_SCALE), CellprobIoU()]
+        return [MapMSE(name="distance_mse", scale=DISTANCE_SCALE), CellprobIoU()]
 
     def to_labels(self, raw, config):
         return distance_to_labels(raw, config)

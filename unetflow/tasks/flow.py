@@ -51,9 +51,9 @@ class FlowTask(Task):
         return FlowLoss(loss_config.flow_weight, loss_config.prob_weight)
 
     def metrics(self):
-        from ..losses import CellprobIoU, FlowMSE
+        from ..losses import CellprobIoU, MapMSE
 
-        return [FlowMSE(), CellprobIoU()]
+        return [MapMSE(), CellprobIoU()]
 
     def unflip(self, outputs, flip_y, flip_x):
         outputs = super().unflip(outputs, flip_y, flip_x).copy()
@@ -69,6 +69,19 @@ class FlowTask(Task):
     def outputs(self, raw):
         dP, cellprob = split_flow_outputs(raw)
         return {"flows": dP, "cellprob": cellprob}
+
+    def flow_field(self, raw):
+        dP, cellprob = split_flow_outputs(raw)
+        return dP, cellprob > 0
+
+    def package_config(self, postprocess):
+        # the spec's cellpose_flow_dynamics step would need the cellpose package wherever the
+        # package is tested and would replace the test output by Cellpose's labels, so the
+        # outputs stay raw and its arguments are given here for consumers that have Cellpose
+        pp = postprocess
+        return {"cellpose_flow_dynamics": {
+            "cellprob_threshold": float(pp.cellprob_threshold), "flow_threshold": float(pp.flow_threshold or 0.0),
+            "do_3D": False, "min_size": int(pp.min_size)}}
 
     def tune(self, raws, objective, base, progress=True):
         from ..progress import progress_bar
