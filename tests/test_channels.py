@@ -1,6 +1,7 @@
 """Two-channel cells as a first-class case: named channels, the grey/colour rule, per-channel
 normalisation, aligned augmentation, a two-channel model trained, fine-tuned from a one-channel
 one, and used for prediction and evaluation."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -164,8 +165,14 @@ def test_two_channel_prediction_and_evaluation(cells_run):
     assert labels.shape == image.shape[:2]
     with pytest.raises(ValueError, match=r"has 1 channel\(s\) but the model takes 2 channel\(s\)"):
         predict_instances(cells, image[..., 1])
+    thresholds = cells / "thresholds.json"
+    thresholds.unlink(missing_ok=True)
     s = evaluate_run(cells, "val", progress=False)
     assert s["n_images"] == 2 and s["n_true"] > 0
+    # scored on val, a run is scored at the thresholds it will use: those tuned on val
+    tuned = json.loads(thresholds.read_text())
+    assert s["postprocess"]["cellprob_threshold"] == tuned["postprocess"]["cellprob_threshold"]
+    assert np.mean([s["ap50"], s["ap75"], s["ap90"]]) == pytest.approx(tuned["value"], abs=1e-9)
 
 
 def test_two_channel_napari_widget_formats_and_export(cells_run, tmp_path):

@@ -198,7 +198,8 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     if diameter is not None and not isinstance(diameter, str):
         raise ValueError(f"evaluate sizes a whole split: give diameter 'auto', 'native' or 'manifest', got {diameter!r}")
     sizing = run.sizing(diameter, words=("auto", "native", "manifest"))
-    if tune and not (run.dir / run.dir.THRESHOLDS).is_file() and split != "val":
+    # a run's thresholds are always the val split's; scored on val, they are the tuning objective's
+    if tune and not (run.dir / run.dir.THRESHOLDS).is_file():
         tune_thresholds(run, manifest=manifest, data_root=data_root, tta=tta, progress=progress)
     images, labels, names, rows = split_files(run, split, manifest, data_root)
     if not images:
