@@ -153,6 +153,36 @@ def test_two_channel_model_from_a_one_channel_source(cells_run):
     assert meta["init_from"]["run"] == str(Path(source).resolve())
 
 
+def test_fine_tune_killed_before_its_first_checkpoint_resumes_from_the_source(cells_run, tmp_path, monkeypatch):
+    """A resumed run with no checkpoint starts again from epoch 0: with the source's weights carried
+    over as the config says, not from random ones."""
+    import unetflow.train as T
+    from unetflow.config import load_config
+    from unetflow.models import FIRST_CONV, load_model
+
+    source, _, data = cells_run
+    config = load_config(REPO / "experiments" / "tiny_flow.yaml", [
+        "train.epochs=1", "train.steps_per_epoch=2", "train.val_crops=2", "model.depth=2", "model.base_filters=4",
+        "augment.crop_size=48", "train.batch_size=2", "data.cache=" + str(tmp_path / "cache"),
+        "data.manifest=" + str(data / "manifest.csv"), "input.channels=2", "input.grey=false",
+        "input.invert_bright_background=false", "input.channel_names=[cytoplasm, nuclei]",
+        "train.init_from=" + str(source), "train.init_channels=[zero, 0]"])
+    started = []
+
+    def killed(model, *args, **kwargs):
+        started.append(model.get_layer(FIRST_CONV).get_weights()[0].copy())
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, "_fit", killed)
+    for attempt in (lambda: T.run_experiment(config, run_dir=tmp_path / "run", progress=False),
+                    lambda: T.run_experiment(resume=tmp_path / "run", progress=False)):
+        with pytest.raises(KeyboardInterrupt):
+            attempt()
+    grey = load_model(Path(source) / "best.keras").get_layer(FIRST_CONV).get_weights()[0][:, :, 0]
+    for kernel in started:  # the first start and the resumed one: [zero, the source's grey]
+        np.testing.assert_array_equal(kernel[:, :, 1], grey)
+        np.testing.assert_array_equal(kernel[:, :, 0], 0)
+
+
 def test_two_channel_prediction_and_evaluation(cells_run):
     from unetflow.evaluate import evaluate_run
     from unetflow.io import read_image

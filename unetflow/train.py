@@ -408,9 +408,132 @@ def _new_run_dir(config: ExperimentConfig) -> Path:
     return run_dir
 
 
+def _reopen(run_dir: Path):
+    """A run directory to resume: ``(config, meta, state)``, its half-written files of a kill removed;
+    state None when the run already finished."""
+    config, meta, state = read_run(run_dir)
+    for stale in list(run_dir.glob(".*.tmp*")) + list((run_dir / RunDir.TENSORBOARD).glob("**/.*.tmp*")):
+        stale.unlink()  # half-written files of a killed run (the real files were never touched)
+    if meta.get("unetflow_version") != __version__:
+        logger.warning("%s was made by unetflow %s; this is %s", run_dir, meta.get("unetflow_version"), __version__)
+    if state.get("status") in ("finished", "stopped_early"):
+        logger.info("%s already finished (%d epochs)", run_dir, state["epochs_done"])
+        return config, meta, None
+    if not RunDir(run_dir).model_file("last").is_file() and state.get("epochs_done", 0) > 0:
+        # killed after the first epoch's state but before its model: start that epoch again
+        logger.warning("%s: no last.keras yet; restarting from epoch 0", run_dir)
+        state.update(epochs_done=0, history=[], best_val_loss=None, best_epoch=None)
+    return config, meta, state
+
+
+def _new_run(config: ExperimentConfig, data: RunData, run_dir, chief: bool):
+    """Where a new run goes, and its first meta and state (nothing is written yet)."""
+    import keras
+    import tensorflow as tf
+
+    init = _init_source(config)
+    run_dir = Path(run_dir) if run_dir else _new_run_dir(config)
+    if chief and run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir}: exists and is not empty; continue it with --resume or choose "
+                              "another --run-dir")
+    meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path.resolve()),
+            "manifest_sha256": data.manifest_sha256, "data_root": str(data.root),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "task": config.model.task, **({"init_from": init} if init else {})}
+    state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": None, "history": [], "status": "running"}
+    return run_dir, meta, state
+
+
+def _load_data(config: ExperimentConfig, data: RunData, progress: bool):
+    """The train and val images with their cached targets."""
+    from .pipeline import load_training_data
+    from .precompute import TargetCache, TargetParams, cache_env_default
+
+    cache = TargetCache(config.data.cache or cache_env_default(), TargetParams())
+    out = []
+    for split in ("train", "val"):
+        images, labels, names = data.splits[split]
+        out.append(load_training_data(images, labels, cache, config.input, names, progress))
+    return tuple(out)
+
+
+def _model(config: ExperimentConfig, run_dir: Path, state: dict, init: dict | None):
+    """The model to train and the epoch it starts at: the last checkpoint of a resumed run, else a new
+    model (its weights carried over from ``train.init_from`` if given, a resumed run's too)."""
+    import keras
+
+    from .models import load_model
+
+    t = config.train
+    initial_epoch = state["epochs_done"]
+    if initial_epoch > 0:
+        model = load_model(RunDir(run_dir).model_file("last"))
+        done = int(model.optimizer.iterations.numpy()) // t.steps_per_epoch
+        if done != initial_epoch:  # killed between writing the state and the model
+            logger.warning("%s: the checkpoint holds %d epochs, the state %d; resuming from the checkpoint",
+                           run_dir, done, initial_epoch)
+            initial_epoch = state["epochs_done"] = done
+            state["history"] = [h for h in state["history"] if h["epoch"] <= done]
+        return model, initial_epoch
+    keras.utils.set_random_seed(t.seed)  # the seed fixes the initial weights too, not only the crops
+    model = build_model(config)
+    task = get_task(config.model.task)
+    model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(config.loss),
+                  metrics=task.metrics())
+    if init:  # the file that was hashed when the run started
+        carry_weights(load_model(Path(init["run"]) / init["model"]), model, init.get("input_channels"))
+    return model, 0
+
+
+def _freeze_encoder(model, steps: int) -> None:
+    """Freeze the encoder while the optimizer has taken fewer than `steps` steps."""
+    if steps and int(model.optimizer.iterations.numpy()) < steps:
+        # the optimizer knows every variable before some are frozen, so releasing them later
+        # needs no new optimizer (and keeps its schedule and moments)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for layer in _encoder_layers(model):
+            layer.trainable = False
+
+
+def _fit(model, rd: RunDir, run_dir: Path, state: dict, config: ExperimentConfig, datasets, initial_epoch: int,
+         progress: bool) -> None:
+    """Keras ``fit`` with the run's callbacks; the state records how it ended."""
+    t = config.train
+    train_ds, val_ds = datasets
+    ckpt, callbacks = _callbacks(rd, state, t.early_stopping_patience)
+    if t.freeze_encoder_steps:
+        callbacks.append(_encoder_freeze(t.freeze_encoder_steps))
+    state["status"] = "running"
+    try:
+        model.fit(train_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
+                  validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=fit_verbosity(progress))
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+        rd.write_json(rd.STATE, state)
+        logger.warning("interrupted after %d epochs; continue with: unetflow train --resume %s",
+                       state["epochs_done"], run_dir)
+        raise
+    if ckpt.diverged:
+        epoch, batch, value = ckpt.diverged
+        state["status"] = "diverged"
+        rd.write_json(rd.STATE, state)
+        where = f"epoch {epoch}" + (f", batch {batch}" if batch else "")
+        raise TrainingDivergedError(
+            f"the loss became {value} at {where}; training stopped. The last good checkpoint "
+            f"(epoch {state['epochs_done']}) is kept in {run_dir}. Lower train.learning_rate, add "
+            "train.warmup_steps, or check the inputs for extreme values.")
+    state["status"] = "stopped_early" if state["epochs_done"] < t.epochs else "finished"
+    rd.write_json(rd.STATE, state)
+
+
 def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overrides=(), run_dir=None,
                    resume=None, progress: bool = True) -> Path:
     """Train one model from a config and return its run directory.
+
+    The story of a run: reopen it (``resume``) or start it (config, data, where it goes); write its
+    config, meta and state; load the data; set the precision; build the model (or load the last
+    checkpoint); fit; record how it ended.
 
     Parameters
     ----------
@@ -433,44 +556,22 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
     import tempfile
 
     import keras
-    import tensorflow as tf
-
-    from .pipeline import load_training_data
-    from .precompute import TargetCache, TargetParams, cache_env_default
 
     if resume is not None:
         run_dir = Path(resume)
-        config, meta, state = read_run(run_dir)
-        for stale in list(run_dir.glob(".*.tmp*")) + list((run_dir / RunDir.TENSORBOARD).glob("**/.*.tmp*")):
-            stale.unlink()  # half-written files of a killed run (the real files were never touched)
-        if meta.get("unetflow_version") != __version__:
-            logger.warning("%s was made by unetflow %s; this is %s", run_dir, meta.get("unetflow_version"), __version__)
-        if state.get("status") in ("finished", "stopped_early"):
-            logger.info("%s already finished (%d epochs)", run_dir, state["epochs_done"])
+        config, meta, state = _reopen(run_dir)
+        if state is None:
             return run_dir
-        if not RunDir(run_dir).model_file("last").is_file() and state.get("epochs_done", 0) > 0:
-            # killed after the first epoch's state but before its model: start that epoch again
-            logger.warning("%s: no last.keras yet; restarting from epoch 0", run_dir)
-            state.update(epochs_done=0, history=[], best_val_loss=None, best_epoch=None)
     elif not isinstance(config, ExperimentConfig):
         config = load_config(config, overrides)
     data = resolve_data(config)
     strategy = _strategy(config.train.strategy)  # fails early (e.g. no TF_CONFIG), before any file is written
     chief = _is_chief(strategy)
-    init = _init_source(config) if resume is None else None
-
     if resume is None:
-        run_dir = Path(run_dir) if run_dir else _new_run_dir(config)
-        if chief and run_dir.exists() and any(run_dir.iterdir()):
-            raise FileExistsError(f"{run_dir}: exists and is not empty; continue it with --resume or choose "
-                                  "another --run-dir")
-        meta = {"unetflow_version": __version__, "git_commit": _git_commit(), "manifest": str(data.manifest_path.resolve()),
-                "manifest_sha256": data.manifest_sha256, "data_root": str(data.root),
-                "tensorflow": tf.__version__, "keras": keras.__version__, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "task": config.model.task, **({"init_from": init} if init else {})}
-        state = {"epochs_done": 0, "best_val_loss": None, "best_epoch": None, "history": [], "status": "running"}
+        run_dir, meta, state = _new_run(config, data, run_dir, chief)
     elif meta.get("manifest_sha256") != data.manifest_sha256:
         logger.warning("the manifest changed since %s was started", run_dir)
+
     # only the chief writes the run directory; other workers of a cluster save (saving takes every
     # worker) into a temporary directory of their own, removed at the end
     rd = RunDir(run_dir if chief else tempfile.mkdtemp(prefix="unetflow-worker-"))
@@ -481,79 +582,25 @@ def run_experiment(config: ExperimentConfig | str | Path | None = None, *, overr
         rd.write_json(rd.META, meta)
         rd.write_json(rd.STATE, state)
 
-    cache = TargetCache(config.data.cache or cache_env_default(), TargetParams())
-    train_imgs, train_labs, train_names = data.splits["train"]
-    val_imgs, val_labs, val_names = data.splits["val"]
-    train_data = load_training_data(train_imgs, train_labs, cache, config.input, train_names, progress)
-    val_data = load_training_data(val_imgs, val_labs, cache, config.input, val_names, progress)
+    train_data, val_data = _load_data(config, data, progress)
     if "train_median_diameter" not in meta:
         # the object size the network learnt: the common size training images were zoomed to, if any
         meta["train_median_diameter"] = config.augment.target_diameter or train_data.median_diameter
         rd.write_json(rd.META, meta)
-
-    t = config.train
-    policy = resolve_mixed_precision(t.mixed_precision)
+    policy = resolve_mixed_precision(config.train.mixed_precision)
     if meta.get("mixed_precision", "") != policy:
         meta["mixed_precision"] = policy
         rd.write_json(rd.META, meta)
     if policy:
         keras.mixed_precision.set_global_policy(policy)
     try:
-        initial_epoch = state["epochs_done"]
         with strategy.scope():
-            if initial_epoch > 0:
-                from .models import load_model
-                model = load_model(RunDir(run_dir).model_file("last"))
-                done = int(model.optimizer.iterations.numpy()) // t.steps_per_epoch
-                if done != initial_epoch:  # killed between writing the state and the model
-                    logger.warning("%s: the checkpoint holds %d epochs, the state %d; resuming from the checkpoint",
-                                   run_dir, done, initial_epoch)
-                    initial_epoch = state["epochs_done"] = done
-                    state["history"] = [h for h in state["history"] if h["epoch"] <= done]
-            else:
-                keras.utils.set_random_seed(t.seed)  # the seed fixes the initial weights too, not only the crops
-                model = build_model(config)
-                task = get_task(config.model.task)
-                model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(config.loss),
-                              metrics=task.metrics())
-                if init:
-                    from .models import load_model
-                    carry_weights(load_model(Path(init["run"]) / init["model"]), model,  # the file hashed
-                                  init.get("input_channels"))
-            if t.freeze_encoder_steps and int(model.optimizer.iterations.numpy()) < t.freeze_encoder_steps:
-                # the optimizer knows every variable before some are frozen, so releasing them later
-                # needs no new optimizer (and keeps its schedule and moments)
-                if not model.optimizer.built:
-                    model.optimizer.build(model.trainable_variables)
-                for layer in _encoder_layers(model):
-                    layer.trainable = False
-        train_ds, val_ds = _datasets(strategy, train_data, val_data, config, initial_epoch)
-        if t.strategy == "multi_worker":
+            model, initial_epoch = _model(config, run_dir, state, meta.get("init_from"))
+            _freeze_encoder(model, config.train.freeze_encoder_steps)
+        datasets = _datasets(strategy, train_data, val_data, config, initial_epoch)
+        if config.train.strategy == "multi_worker":
             _multi_worker_fixes(model, strategy)
-        ckpt, callbacks = _callbacks(rd, state, t.early_stopping_patience)
-        if t.freeze_encoder_steps:
-            callbacks.append(_encoder_freeze(t.freeze_encoder_steps))
-        state["status"] = "running"
-        try:
-            model.fit(train_ds, epochs=t.epochs, steps_per_epoch=t.steps_per_epoch, initial_epoch=initial_epoch,
-                      validation_data=val_ds, callbacks=callbacks, shuffle=False, verbose=fit_verbosity(progress))
-        except KeyboardInterrupt:
-            state["status"] = "interrupted"
-            rd.write_json(rd.STATE, state)
-            logger.warning("interrupted after %d epochs; continue with: unetflow train --resume %s",
-                           state["epochs_done"], run_dir)
-            raise
-        if ckpt.diverged:
-            epoch, batch, value = ckpt.diverged
-            state["status"] = "diverged"
-            rd.write_json(rd.STATE, state)
-            where = f"epoch {epoch}" + (f", batch {batch}" if batch else "")
-            raise TrainingDivergedError(
-                f"the loss became {value} at {where}; training stopped. The last good checkpoint "
-                f"(epoch {state['epochs_done']}) is kept in {run_dir}. Lower train.learning_rate, add "
-                "train.warmup_steps, or check the inputs for extreme values.")
-        state["status"] = "stopped_early" if state["epochs_done"] < t.epochs else "finished"
-        rd.write_json(rd.STATE, state)
+        _fit(model, rd, run_dir, state, config, datasets, initial_epoch, progress)
     finally:
         if policy:
             keras.mixed_precision.set_global_policy("float32")
