@@ -26,8 +26,9 @@ def _free_ports(n):
     return ports
 
 
-def _launch(tmp_path, args):
-    """Run `unetflow train ARGS` as worker 0 and worker 1 of one cluster; return their exit codes and logs."""
+def _launch(tmp_path, args, own_args=((), ())):
+    """Run `unetflow train ARGS OWN_ARGS[i]` as worker i (0 and 1) of one cluster; return their exit
+    codes and logs."""
     ports = _free_ports(2)
     procs = []
     for i in range(2):
@@ -36,7 +37,7 @@ def _launch(tmp_path, args):
         tmp.mkdir(exist_ok=True)
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(tmp)}
         log = open(tmp_path / f"worker{i}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "unetflow.cli", "train", *args], env=env,
+        procs.append((subprocess.Popen([sys.executable, "-m", "unetflow.cli", "train", *args, *own_args[i]], env=env,
                                        stdout=log, stderr=subprocess.STDOUT), log))
     codes = []
     for p, log in procs:
@@ -60,13 +61,16 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
     sets = [f"--set={s}" for s in TINY + ["train.epochs=2", f"data.cache={tmp_path / 'cache'}",
                                           f"data.root={tmp_path / 'synth'}"]]
     tiny_flow = str(Path(__file__).resolve().parent.parent / "experiments" / "tiny_flow.yaml")
-    codes, logs = _launch(tmp_path, [tiny_flow, *sets, "--run-dir", str(run)])
+    # each worker is told its own run directory, so a write by the non-chief would be seen
+    codes, logs = _launch(tmp_path, [tiny_flow, *sets], (["--run-dir", str(run)], ["--run-dir", str(run) + "_w1"]))
     assert codes == [0, 0], logs
     rd = RunDir(run)
     state = rd.read_json(rd.STATE)
     assert state["status"] == "finished" and state["epochs_done"] == 2
-    # only the chief wrote: the run directory is complete, and the other worker left no files behind
+    # only the chief (worker 0: the cluster has no "chief" task) wrote: its run directory is
+    # complete, and the other worker wrote nothing to its own and left no temporary files behind
     assert rd.model_file("best").is_file() and rd.model_file("last").is_file()
+    assert not Path(str(run) + "_w1").exists()
     assert not any((tmp_path / "tmp1").iterdir()) and not any((tmp_path / "tmp0").iterdir())
 
     # the validation loss the chief logged is the loss of the whole validation set (both workers' shares)
@@ -92,3 +96,22 @@ def test_two_workers_train_resume_and_only_the_chief_writes(tmp_path):
     assert codes == [0, 0], logs
     state = rd.read_json(rd.STATE)
     assert state["epochs_done"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("task_type, task_id, cluster, chief", [
+    (None, None, {}, True),                                        # one process, no cluster
+    ("chief", 0, {"chief": ["a"], "worker": ["b"]}, True),
+    ("worker", 0, {"chief": ["a"], "worker": ["b"]}, False),       # a chief exists: worker 0 is not it
+    ("worker", 0, {"worker": ["a", "b"]}, True),                   # no chief task: worker 0 writes
+    ("worker", 1, {"worker": ["a", "b"]}, False),
+])
+def test_which_worker_is_chief(task_type, task_id, cluster, chief):
+    """TensorFlow's convention: the "chief" task writes, or worker 0 where the cluster has no chief."""
+    from types import SimpleNamespace
+
+    from unetflow.train import _is_chief
+
+    resolver = SimpleNamespace(task_type=task_type, task_id=task_id,
+                               cluster_spec=lambda: SimpleNamespace(as_dict=lambda: cluster))
+    assert _is_chief(SimpleNamespace(cluster_resolver=resolver)) is chief
+    assert _is_chief(SimpleNamespace()) is True  # a strategy without a cluster resolver
