@@ -148,6 +148,54 @@ def test_killed_run_resumes_from_last_epoch(tmp_path):
     assert int(model.optimizer.iterations.numpy()) == 3 * 20  # the optimizer state was carried over
 
 
+def _interrupt_after_epoch(monkeypatch, epoch):
+    """Make the next training stop (as by Ctrl-C) once its checkpoints of `epoch` are written."""
+    import keras
+
+    import unetflow.train as T
+    real = T._callbacks
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, e, logs=None):
+            if e + 1 == epoch:
+                raise KeyboardInterrupt
+
+    def callbacks(*args, **kwargs):
+        ckpt, cbs = real(*args, **kwargs)
+        return ckpt, cbs + [Stop()]  # after the run's own: the epoch is saved first
+    monkeypatch.setattr(T, "_callbacks", callbacks)
+
+
+def test_resumed_run_continues_the_data_stream_and_keeps_the_best(tmp_path, monkeypatch):
+    """Interrupted after epoch 1 and resumed, a run trains on the crops an uninterrupted run of the
+    same seed sees in epochs 2 and 3 (not the first epoch's again), with the optimizer state carried
+    over: the two histories agree.  best.keras and best_val_loss survive the resume, and resuming a
+    finished run changes nothing."""
+    args = tiny(tmp_path, "flow", "train.epochs=3")
+    whole = run_experiment(load_config(None, args), run_dir=tmp_path / "whole", progress=False)
+    _interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_config(None, args), run_dir=tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    _, _, state = read_run(tmp_path / "cut")
+    assert state["status"] == "interrupted" and state["epochs_done"] == 1
+    best_before = (state["best_epoch"], state["best_val_loss"])
+    assert best_before[0] == 1 and (tmp_path / "cut" / "best.keras").is_file()
+    cut = run_experiment(resume=tmp_path / "cut", progress=False)
+    a, b = read_run(whole)[2], read_run(cut)[2]
+    assert b["status"] == "finished" and [h["epoch"] for h in b["history"]] == [1, 2, 3]
+    for ha, hb in zip(a["history"], b["history"]):  # the same crops and steps: equal up to float noise
+        assert hb["loss"] == pytest.approx(ha["loss"], rel=1e-4), (ha, hb)
+        assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-4), (ha, hb)
+    # the best epoch is the best over all three, the first epoch's included
+    losses = [h["val_loss"] for h in b["history"]]
+    assert b["best_epoch"] == 1 + int(np.argmin(losses)) and b["best_val_loss"] == pytest.approx(min(losses))
+    # a finished run resumed again is left as it is
+    before = {f: (cut / f).read_bytes() for f in ("state.json", "last.keras", "best.keras")}
+    assert run_experiment(resume=cut, progress=False) == cut
+    assert {f: (cut / f).read_bytes() for f in before} == before
+
+
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
     import unetflow.pipeline as pipeline
     real = pipeline._crops_fn
