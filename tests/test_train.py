@@ -123,7 +123,9 @@ def test_run_directory_contents_and_traceability(tmp_path):
 
 
 def test_killed_run_resumes_from_last_epoch(tmp_path):
-    args = tiny(tmp_path, "flow", "train.epochs=3", "train.steps_per_epoch=20")
+    """SIGKILL right after the first epoch's checkpoint: the files are whole and the run resumes.
+    Epochs of 200 steps (seconds each) leave the 0.2 s poll no chance to miss epoch 2's start."""
+    args = tiny(tmp_path, "flow", "train.epochs=3", "train.steps_per_epoch=200")
     run = tmp_path / "runs" / "killed"
     cmd = [sys.executable, "-m", "unetflow.cli", "train", str(EXPERIMENTS / "tiny_flow.yaml"), "--run-dir", str(run)]
     cmd += [a for x in args for a in ("--set", x)]
@@ -145,7 +147,7 @@ def test_killed_run_resumes_from_last_epoch(tmp_path):
     _, _, state = read_run(run)
     assert state["status"] == "finished" and [h["epoch"] for h in state["history"]] == [1, 2, 3]
     model = load_model(run / "last.keras")
-    assert int(model.optimizer.iterations.numpy()) == 3 * 20  # the optimizer state was carried over
+    assert int(model.optimizer.iterations.numpy()) == 3 * 200  # the optimizer state was carried over
 
 
 def _interrupt_after_epoch(monkeypatch, epoch):
