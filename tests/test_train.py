@@ -198,6 +198,32 @@ def test_resumed_run_continues_the_data_stream_and_keeps_the_best(tmp_path, monk
     assert {f: (cut / f).read_bytes() for f in before} == before
 
 
+def test_checkpoint_and_state_that_disagree_resume_from_the_checkpoint(tmp_path, monkeypatch, caplog):
+    """Killed between writing state.json and last.keras: the state counts 2 epochs, the checkpoint
+    holds 1.  The resume trusts the checkpoint (the weights it can load), trains epochs 2 and 3, and
+    says so."""
+    import shutil
+
+    run = tmp_path / "run"
+    _interrupt_after_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(load_config(None, tiny(tmp_path, "flow", "train.epochs=3")), run_dir=run, progress=False)
+    shutil.copy(run / "last.keras", tmp_path / "epoch1.keras")
+    monkeypatch.undo()
+    _interrupt_after_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(resume=run, progress=False)
+    monkeypatch.undo()
+    shutil.copy(tmp_path / "epoch1.keras", run / "last.keras")
+    assert read_run(run)[2]["epochs_done"] == 2
+    run_experiment(resume=run, progress=False)
+    assert "the checkpoint holds 1 epochs, the state 2" in caplog.text
+    _, _, state = read_run(run)
+    assert state["status"] == "finished" and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    from unetflow.models import load_model
+    assert int(load_model(run / "last.keras").optimizer.iterations.numpy()) == 3 * 3
+
+
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
     import unetflow.pipeline as pipeline
     real = pipeline._crops_fn
