@@ -77,6 +77,8 @@ def _predict(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())
+    if args.three_d:
+        return _predict_volumes(run, images, out, args, diameter, overrides)
     from .progress import progress_bar
     failed = []
     results = segment_images(run, images, tile_size=args.tile_size, tta=args.tta, diameter=diameter, **overrides)
@@ -90,6 +92,34 @@ def _predict(args) -> int:
             for key, arr in ((k, v) for k, v in raw.items() if k != "diameter"):
                 write_image(out / f"{path.stem}_{key}.tif", arr.astype("float32"))
     print(f"segmented {len(images) - len(failed)} image(s) into {out.resolve()}")
+    for f in failed:
+        print(f"  FAILED {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _predict_volumes(run, images, out, args, diameter, overrides) -> int:
+    """``predict --3d``: each file a (Z, Y, X) stack, its labels a stack with the voxel size kept."""
+    from .io import read_volume, write_volume_labels
+    from .volume import predict_volume
+
+    if args.anisotropy is not None and not args.anisotropy > 0:
+        raise ValueError(f"--anisotropy must be a positive number (z voxel size / y-x voxel size), got {args.anisotropy}")
+    failed = []
+    for path in images:
+        try:
+            volume, voxel = read_volume(path)
+            aniso = args.anisotropy or (voxel[0] / voxel[1] if voxel else None)
+            if aniso is None:
+                logging.getLogger("unetflow").warning("%s: no voxel size in the file and no --anisotropy: "
+                                                      "treated as isotropic", path)
+            labels, info = predict_volume(run, volume, anisotropy=aniso, diameter=diameter,
+                                          mode="stitch" if args.stitch is not None else "3d",
+                                          stitch_threshold=args.stitch or 0.0, tile_size=args.tile_size, **overrides)
+            write_volume_labels(out / f"{path.stem}_labels.tif", labels, voxel)
+            print(f"{path.name}: {int(labels.max())} objects (anisotropy {info['anisotropy']:.2f})")
+        except (OSError, ValueError) as exc:  # one bad stack must not stop the others
+            failed.append(f"{path}: {exc}")
+    print(f"segmented {len(images) - len(failed)} volume(s) into {out.resolve()}")
     for f in failed:
         print(f"  FAILED {f}", file=sys.stderr)
     return 1 if failed else 0
@@ -248,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "one huge INPUT (TIFF or zarr) block by block on dask into an "
                                                 "OME-Zarr label image")
     p.add_argument("--block-size", type=int, default=2048, help="blocks of the .zarr path (default: %(default)s)")
+    p.add_argument("--3d", dest="three_d", action="store_true",
+                   help="each image is a (Z, Y, X) stack: the 2-D network on its YX, ZY and ZX slices, flows "
+                        "followed in 3-D (Cellpose's do_3D); writes <stem>_labels.tif stacks with the voxel size")
+    p.add_argument("--anisotropy", type=float,
+                   help="with --3d: z voxel size / y-x voxel size (default: from the file's metadata, else 1)")
+    p.add_argument("--stitch", type=float, metavar="IOU",
+                   help="with --3d: 2-D masks per z slice joined across slices at this IoU instead")
     p.add_argument("--scheduler", help="address of a running dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, help="processes of the local dask cluster (default: 1)")
     p.add_argument("--tta", action="store_true", help="test-time flips")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .validation import relabel_sequential
 
-__all__ = ["read_image", "read_labels", "write_labels", "write_image", "binary_to_labels", "read_ahead",
+__all__ = ["read_image", "read_volume", "read_labels", "write_labels", "write_volume_labels", "write_image", "binary_to_labels", "read_ahead",
            "colors_to_labels", "relabel_sequential", "atomic_write", "hash_file", "ImageReadError"]
 
 logger = logging.getLogger(__name__)
@@ -283,3 +283,62 @@ def write_image(path, image) -> Path:
     import tifffile
 
     return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, np.asarray(image), compression="zlib"))
+
+
+def voxel_size(path):
+    """The voxel size ``(z, y, x)`` (in the file's unit) of a TIFF stack, from ImageJ's metadata (the
+    z ``spacing``) and the x / y resolution tags, as Fiji writes them; None when the file does not say."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            z = (tif.imagej_metadata or {}).get("spacing")
+            tags = tif.pages[0].tags
+            res = [tags[k].value for k in ("YResolution", "XResolution") if k in tags]
+    except Exception:  # not a TIFF, or no such metadata: the caller gives the anisotropy
+        return None
+    if not z or len(res) != 2 or any(num == 0 or den == 0 for num, den in res):
+        return None
+    y, x = (den / num for num, den in res)  # the tags hold pixels per unit
+    return (float(z), float(y), float(x))
+
+
+def read_volume(path):
+    """Read a 3-D stack as float32 ``(Z, Y, X)`` (or ``(Z, Y, X, C)``), with its voxel size.
+
+    Returns
+    -------
+    volume : float32 array
+    voxel_size : (z, y, x) tuple or None
+        From the file's metadata (:func:`voxel_size`), None when it does not say.
+
+    Raises
+    ------
+    FileNotFoundError, ImageReadError
+        If the file is missing or unreadable, or the array is not 3-D (or 4-D with channels last).
+    """
+    arr = _read_array(path)
+    if arr.ndim == 4 and arr.shape[1] <= 8 < arr.shape[-1]:  # (Z, C, Y, X), as ImageJ stores channels
+        arr = np.moveaxis(arr, 1, -1)
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] > 8):
+        raise ImageReadError(f"{path}: a volume must be (Z, Y, X) or (Z, Y, X, C); this file holds shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
+        raise ImageReadError(f"{path}: volume has unsupported dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ImageReadError(f"{path}: volume has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
+    return arr, voxel_size(path) if Path(path).suffix.lower() in TIFF_SUFFIXES else None
+
+
+def write_volume_labels(path, labels, voxel_size=None) -> Path:
+    """Write ``(Z, Y, X)`` labels as an ImageJ TIFF stack keeping the voxel size ``(z, y, x)`` (um), atomically."""
+    import tifffile
+
+    labels = np.asarray(labels)
+    dtype = np.uint16 if labels.max(initial=0) < 2 ** 16 else np.uint32
+    kw = {}
+    if voxel_size is not None:
+        z, y, x = voxel_size
+        kw = dict(resolution=(1 / y, 1 / x), metadata={"spacing": z, "unit": "um", "axes": "ZYX"})
+    return atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(dtype), imagej=dtype == np.uint16,
+                                                           **kw))

@@ -1,0 +1,143 @@
+"""Volumes with a 2-D network: the three views combined, slices stitched, resampling, and the ready
+model on synthetic 3-D nuclei."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unetflow.volume import _resize_labels, _zoom, combine_views, stitch_slices
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gonuclear_mini"
+
+
+def test_combine_views_by_hand():
+    """Each view's outputs, built by slicing known 3-D fields the way predict_volume slices the
+    volume, give back each component as the mean of the two views that see it."""
+    rng = np.random.default_rng(0)
+    Z, Y, X = 3, 4, 5
+    dz, dy, dx, cp = (rng.normal(size=(Z, Y, X)).astype(np.float32) for _ in range(4))
+    # the views see the same field, each with an error of its own that the mean halves
+    e = [rng.normal(size=(Z, Y, X)).astype(np.float32) for _ in range(6)]
+    yx = np.stack([dy + e[0], dx + e[1], cp + 1], -1)                       # volume[z]: (Y, X)
+    zy = np.stack([np.stack([(dz + e[2])[:, :, x], (dy - e[0])[:, :, x], cp[:, :, x]], -1)
+                   for x in range(X)])                                          # volume[:, :, x]: (Z, Y)
+    zx = np.stack([np.stack([(dz - e[2])[:, y], (dx - e[1])[:, y], (cp - 1)[:, y]], -1)
+                   for y in range(Y)])                                          # volume[:, y]: (Z, X)
+    dP, cellprob = combine_views(yx, zy, zx)
+    assert dP.shape == (3, Z, Y, X) and cellprob.shape == (Z, Y, X)
+    for got, want in zip(dP, (dz, dy, dx)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(cellprob, cp, atol=1e-6)
+
+
+def test_round_trip_through_the_three_views():
+    """3-D flows of touching blobs, sliced into the views a perfect 2-D network would give per
+    component, combined and followed in 3-D, give the blobs back."""
+    from unetflow.dynamics import compute_masks
+    from unetflow.flows import masks_to_flows
+    from unetflow.metrics import matching
+
+    labels = _blobs((24, 40, 40), [(12, 12, 14), (12, 22, 24), (12, 30, 10)], radius=7)
+    mu = masks_to_flows(labels)  # (3, Z, Y, X) unit flows
+    logit = np.where(labels > 0, 8.0, -8.0).astype(np.float32)
+    yx = np.stack([mu[1], mu[2], logit], -1) * [5, 5, 1]
+    zy = np.moveaxis(np.stack([mu[0], mu[1], logit], -1) * [5, 5, 1], 2, 0)
+    zx = np.moveaxis(np.stack([mu[0], mu[2], logit], -1) * [5, 5, 1], 1, 0)
+    dP, cellprob = combine_views(yx, zy, zx)
+    masks = compute_masks(dP, cellprob, flow_threshold=0.0, min_size=15)
+    assert matching(labels, masks, 0.9).ap == 1.0
+
+
+def test_stitching_joins_overlaps_and_copes_with_empty_slices():
+    masks = np.zeros((6, 10, 10), np.int32)
+    masks[0, 1:4, 1:4] = 1
+    masks[1, 1:4, 1:5] = 7                     # same object, another 2-D id
+    masks[1, 6:9, 6:9] = 2                     # a new object
+    masks[2, 6:9, 6:9] = 1                     # continues the second one
+    # slice 3 is empty: every object ends there
+    masks[4, 1:4, 1:4] = 3                     # same place as the first, but after the gap: new
+    masks[5, 1:4, 1:4] = 1
+    masks[5, 5:6, 5:6] = 2                     # overlaps nothing above: new
+    out = stitch_slices(masks, 0.25)
+    assert out[0, 2, 2] == out[1, 2, 2] == 1
+    assert out[1, 7, 7] == out[2, 7, 7] == 2
+    assert out[4, 2, 2] == out[5, 2, 2] == 3 and out[5, 5, 5] == 4
+    assert not out[3].any() and out.max() == 4
+    # an IoU under the threshold does not join
+    low = np.zeros((2, 10, 10), np.int32)
+    low[0, 0:4, 0:4] = 1
+    low[1, 3:7, 3:7] = 1
+    assert stitch_slices(low, 0.25).max() == 2 and stitch_slices(low, 0.0).max() == 1
+
+
+def test_anisotropic_resampling_keeps_ids_and_shapes():
+    labels = _blobs((10, 30, 30), [(5, 8, 8), (5, 20, 20)], radius=4)
+    up = _zoom(labels, (2.2, 1.0, 1.0), order=0)
+    assert up.shape == (22, 30, 30) and set(np.unique(up)) == set(np.unique(labels))
+    back = _resize_labels(up, labels.shape)
+    assert back.shape == labels.shape and set(np.unique(back)) == set(np.unique(labels))
+    assert np.mean(back == labels) > 0.97
+
+
+def _blobs(shape, centres, radius):
+    zz, yy, xx = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    for i, (z, y, x) in enumerate(centres, 1):
+        labels[(zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2] = i
+    return labels
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["3d", "stitch"])
+def test_ready_model_segments_separated_and_touching_blobs(mode):
+    """The ready `nuclei` model (2-D) on a synthetic anisotropic stack of bright spheres, two of them
+    touching, at 17 px across (its training size): each path finds every sphere."""
+    from unetflow.metrics import matching
+    from unetflow.volume import predict_volume
+
+    iso = _blobs((44, 64, 64), [(22, 14, 14), (22, 44, 16), (22, 30, 44), (22, 46, 44)], radius=8)
+    truth = iso[::2]  # z sampled every second voxel: anisotropy 2
+    rng = np.random.default_rng(0)
+    volume = np.where(truth > 0, 200.0, 20.0) + rng.normal(0, 5, truth.shape)
+    labels, info = predict_volume("nuclei", volume, anisotropy=2.0, diameter=17, mode=mode)
+    assert labels.shape == truth.shape and info["anisotropy"] == 2.0
+    m = matching(truth, labels, 0.5)
+    assert m.tp == 4 and m.fp == 0, m
+
+
+@pytest.mark.slow
+def test_volume_errors():
+    from unetflow.volume import predict_volume
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        predict_volume("nuclei", np.zeros((4, 32, 32)), mode="2d")
+    with pytest.raises(ValueError, match="`anisotropy` must be a positive number"):
+        predict_volume("nuclei", np.zeros((4, 32, 32)), anisotropy=0)
+    with pytest.raises(ValueError, match="must be \\(Z, Y, X\\)"):
+        predict_volume("nuclei", np.zeros((32, 32)))
+
+
+@pytest.mark.slow
+def test_predict_cli_on_a_stack_keeps_the_voxel_size(tmp_path, capsys):
+    """``unetflow predict --model nuclei STACK --3d``: the anisotropy read from the file, the labels
+    written as a stack with the same voxel size; a 2-D image among the stacks is reported and the
+    others go on."""
+    from unetflow.cli import main
+    from unetflow.io import read_volume, write_image, write_volume_labels
+    from unetflow.metrics import matching
+
+    iso = _blobs((44, 64, 64), [(22, 14, 14), (22, 44, 16), (22, 30, 44)], radius=8)
+    truth = iso[::2]
+    volume = np.where(truth > 0, 200, 20).astype(np.uint16)
+    write_volume_labels(tmp_path / "stack.tif", volume, (0.5, 0.25, 0.25))  # an ImageJ stack, anisotropy 2
+    write_image(tmp_path / "flat.tif", np.zeros((32, 32), np.uint16))
+    code = main(["predict", "--model", "nuclei", str(tmp_path / "stack.tif"), str(tmp_path / "flat.tif"),
+                 "--3d", "--diameter", "17", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 1 and "flat.tif" in captured.err and "(Z, Y, X)" in captured.err
+    assert "anisotropy 2.00" in captured.out
+    labels, voxel = read_volume(tmp_path / "out" / "stack_labels.tif")
+    assert voxel == pytest.approx((0.5, 0.25, 0.25)) and labels.shape == truth.shape
+    assert matching(truth, labels.astype(np.int32), 0.5).tp == 3
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "stack.tif"), "--3d", "--anisotropy", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--anisotropy must be a positive number" in capsys.readouterr().err

@@ -1,0 +1,194 @@
+"""Volumes ``(Z, Y, X)``: 3-D instances from a 2-D network, in Cellpose's two ways.
+
+``mode="3d"`` (Cellpose's ``do_3D``; Stringer et al., Nature Methods 18:100-106, 2021): the volume is
+resampled to isotropic voxels (z zoomed by the anisotropy) and to the object size the network
+learnt; the 2-D flow network runs on every YX, ZY and ZX slice; each flow component is the average
+of the two views that see it (dz from ZY and ZX, dy from YX and ZY, dx from YX and ZX) and cellprob
+the average of all three; the flows are followed and the masks built in 3-D
+(:func:`unetflow.dynamics.compute_masks`); the labels are resampled back to the stack's grid.
+
+``mode="stitch"`` (Cellpose's ``stitch_threshold``): 2-D masks on every YX slice, joined across z: a
+mask takes the id of the previous slice's mask it overlaps with IoU >= `stitch_threshold` (one to
+one, best IoU first), else a new id.  An empty slice ends every object that reaches it.
+
+The whole volume is held in memory (resampled, and the three views' outputs): volumes much larger
+than a few hundred voxels a side need block-wise prediction, which this module does not do.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .sizing import resolve_size
+
+__all__ = ["predict_volume", "combine_views", "stitch_slices", "VOLUME_MODES"]
+
+VOLUME_MODES = ("3d", "stitch")
+
+
+def combine_views(yx, zy, zx):
+    """3-D flows and cellprob from the outputs of the three slice directions.
+
+    Parameters
+    ----------
+    yx : (Z, Y, X, 3) array
+        Outputs of the YX slices ``volume[z]``: ``[dy, dx, cellprob]``.
+    zy : (X, Z, Y, 3) array
+        Outputs of the ZY slices ``volume[:, :, x]``: ``[dz, dy, cellprob]``.
+    zx : (Y, Z, X, 3) array
+        Outputs of the ZX slices ``volume[:, y, :]``: ``[dz, dx, cellprob]``.
+
+    Returns
+    -------
+    dP : (3, Z, Y, X) float32 array
+        ``(dz, dy, dx)``, each the mean of the two views that see that component.
+    cellprob : (Z, Y, X) float32 array
+        The mean of the three views' logits.
+    """
+    zy = np.moveaxis(np.asarray(zy, np.float32), 0, 2)
+    zx = np.moveaxis(np.asarray(zx, np.float32), 0, 1)
+    yx = np.asarray(yx, np.float32)
+    dP = np.stack([(zy[..., 0] + zx[..., 0]) / 2, (yx[..., 0] + zy[..., 1]) / 2, (yx[..., 1] + zx[..., 1]) / 2])
+    return dP, (yx[..., 2] + zy[..., 2] + zx[..., 2]) / 3
+
+
+def stitch_slices(masks, stitch_threshold: float = 0.25) -> np.ndarray:
+    """Join 2-D masks ``(Z, Y, X)`` (ids per slice) into 3-D objects across z.
+
+    A mask continues the object of the previous slice's mask it overlaps with IoU >=
+    `stitch_threshold`, pairs taken best IoU first, each at most once; any other mask starts a new
+    object.  Empty slices are allowed: they end the objects that reach them.
+    """
+    masks = np.asarray(masks)
+    out = np.zeros(masks.shape, np.int32)
+    next_id = 1
+    prev = None  # the previous slice's labels, in output ids
+    for z in range(masks.shape[0]):
+        ids = np.unique(masks[z])
+        ids = ids[ids > 0]
+        lut = np.zeros(int(masks[z].max(initial=0)) + 1, np.int32)
+        if ids.size and prev is not None and prev.any():
+            a, b, iou = _pair_iou(prev, masks[z])
+            used_prev, used_cur = set(), set()
+            for k in np.argsort(-iou, kind="stable"):
+                if iou[k] < stitch_threshold:
+                    break
+                if a[k] not in used_prev and b[k] not in used_cur:
+                    lut[b[k]] = a[k]
+                    used_prev.add(a[k])
+                    used_cur.add(b[k])
+        for b in ids:
+            if lut[b] == 0:
+                lut[b] = next_id
+                next_id += 1
+        out[z] = lut[masks[z]]
+        prev = out[z]
+    return out
+
+
+def _pair_iou(a, b):
+    """Every overlapping pair of ids of two label slices (ids as they are) and its IoU."""
+    both = (a > 0) & (b > 0)
+    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    area_a, area_b = np.bincount(a.ravel()), np.bincount(b.ravel())
+    return pairs[0], pairs[1], inter / (area_a[pairs[0]] + area_b[pairs[1]] - inter)
+
+
+def _zoom(volume, factors, order):
+    from scipy import ndimage
+
+    if np.allclose(factors, 1.0):
+        return volume
+    factors = tuple(factors) + (1.0,) * (volume.ndim - len(factors))
+    return ndimage.zoom(volume, factors, order=order, prefilter=False, grid_mode=True, mode="nearest")
+
+
+def _resize_labels(labels, shape):
+    """Nearest-neighbour resampling of labels to `shape` (ids kept, no new values)."""
+    idx = [np.minimum((np.arange(n) + 0.5) * (m / n), m - 1).astype(int) for n, m in zip(shape, labels.shape)]
+    return labels[np.ix_(*idx)]
+
+
+def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=None, mode: str = "3d",
+                   stitch_threshold: float = 0.25, tile_size=None, batch_size: int = 8, **postprocess):
+    """Segment a volume with a 2-D run.
+
+    Parameters
+    ----------
+    run : Run, path to a run directory, or a ready model's name
+    volume : (Z, Y, X) or (Z, Y, X, C) array
+        The raw stack (:func:`unetflow.io.read_volume`).
+    anisotropy : float, optional
+        z voxel size over the y / x voxel size (2.2 for 0.28 um slices of 0.127 um pixels).  None
+        or 1: isotropic voxels.
+    diameter : float, "auto" or "native", optional
+        Median object diameter in y / x pixels, as for :func:`unetflow.predict.predict_instances`
+        (``"auto"`` estimates it on the brightest YX slice).  None: the run's own choice.
+    mode : {"3d", "stitch"}
+        See the module's documentation.  ``"3d"`` needs a flow run.
+    stitch_threshold : float
+        IoU that joins masks of consecutive slices (``"stitch"``).
+    **postprocess
+        Overrides of the run's post-processing options.
+
+    Returns
+    -------
+    labels : (Z, Y, X) int32 array
+        On the stack's own grid.
+    info : dict
+        ``diameter`` (the y / x diameter used, if any) and ``anisotropy``.
+    """
+    from .conventions import DEFAULT_TILE
+    from .predict import Run, load_run, predict_raw_many, raw_to_labels
+    from .preprocess import input_stats, prepare_image
+
+    if mode not in VOLUME_MODES:
+        raise ValueError(f"`mode` must be one of {VOLUME_MODES}, got {mode!r}")
+    run = run if isinstance(run, Run) else load_run(run)
+    volume = np.asarray(volume, np.float32)
+    if volume.ndim not in (3, 4):
+        raise ValueError(f"`volume` must be (Z, Y, X) or (Z, Y, X, C), got shape {volume.shape}")
+    aniso = 1.0 if anisotropy is None else float(anisotropy)
+    if not np.isfinite(aniso) or aniso <= 0:
+        raise ValueError(f"`anisotropy` must be a positive number (z voxel size / y-x voxel size), got {anisotropy!r}")
+    if mode == "3d" and not run.task == "flow":
+        raise ValueError(f"mode '3d' follows flows in 3-D and needs a flow run; {run.path} is a {run.task} run "
+                         "(use mode 'stitch')")
+    tile_size = tile_size or DEFAULT_TILE
+    diameter = run.sizing(diameter)
+    pp = run.postprocess_config(**postprocess)
+    # one normalisation for the whole stack: every slice of every view sees the same intensities
+    flat = volume.reshape(-1, *volume.shape[2:])
+    stats = input_stats(flat, run.config.input)
+
+    def prepared(img):
+        x = prepare_image(img, run.config.input, stats)
+        return x[..., None] if x.ndim == 2 else x
+
+    brightest = int(np.argmax(volume.reshape(volume.shape[0], -1).mean(1)))
+    d, f = resolve_size(run.model, prepared(volume[brightest]), diameter, task=run.task,
+                        train_diameter=run.train_diameter, postprocess=pp)
+    info = {"diameter": d, "anisotropy": aniso}
+
+    def outputs(slices):
+        items = ((prepared(s), 1.0) for s in slices)
+        return np.stack(list(predict_raw_many(run.model, items, task=run.task, tile_size=tile_size,
+                                              batch_size=batch_size, input_multiple=run.input_multiple)))
+
+    if mode == "stitch":
+        v = _zoom(volume, (1.0, f, f), order=1)
+        masks = np.stack([raw_to_labels(r, run.task, pp) for r in outputs(list(v))])
+        labels = stitch_slices(_resize_labels(masks, volume.shape[:3]), stitch_threshold)
+        return labels, info
+    v = _zoom(volume, (aniso * f, f, f), order=1)  # isotropic voxels at the training object size
+    yx = outputs(list(v))
+    zy = outputs([v[:, :, x] for x in range(v.shape[2])])
+    zx = outputs([v[:, y] for y in range(v.shape[1])])
+    dP, cellprob = combine_views(yx, zy, zx)
+    from .dynamics import compute_masks
+
+    # nearest-neighbour steps (bilinear steps are 2-D only), and no flow check: the combined views
+    # are not the 3-D heat flows of the masks (each view's flows are unit vectors in its own plane),
+    # so the check would reject good masks; Cellpose skips it in 3-D too
+    masks = compute_masks(dP, cellprob, pp.with_overrides(interp=False, flow_threshold=0.0))
+    return _resize_labels(masks, volume.shape[:3]), info
+
