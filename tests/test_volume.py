@@ -114,6 +114,9 @@ def test_volume_errors():
         predict_volume("nuclei", np.zeros((4, 32, 32)), anisotropy=0)
     with pytest.raises(ValueError, match="must be \\(Z, Y, X\\)"):
         predict_volume("nuclei", np.zeros((32, 32)))
+    # objects of 2 px for a model trained at 17 px: a 600-fold larger volume is refused, not attempted
+    with pytest.raises(ValueError, match="would zoom the volume 8.5x"):
+        predict_volume("nuclei", np.zeros((4, 32, 32)), diameter=2)
 
 
 @pytest.mark.slow

@@ -85,6 +85,29 @@ def stitch_slices(masks, stitch_threshold: float = 0.25) -> np.ndarray:
     return out
 
 
+#: At most this many times the stack's voxels after resampling (a wrong size estimate must not fill
+#: the memory).
+MAX_UPSAMPLING = 64.0
+
+
+def _sample_slices(volume, n: int = 5):
+    """`n` YX slices spread over the middle of the stack (its faces often cut objects or hold none)."""
+    Z = volume.shape[0]
+    return [volume[z] for z in np.unique(np.linspace(Z // 4, Z - 1 - Z // 4, n).round().astype(int))]
+
+
+def _estimate_on_slices(run, slices, pp):
+    """The median of :func:`unetflow.sizing.estimate_diameter` over several slices (one slice of a
+    noisy stack can fool it), within the size search's range; ``"native"`` when nothing is found."""
+    from .sizing import SIZE_CANDIDATES, estimate_diameter
+
+    found = [d for x in slices if (d := estimate_diameter(run.model, x, task=run.task, train_diameter=run.train_diameter,
+                                                          postprocess=pp)) > 0]
+    if not found:
+        return "native"
+    return float(np.clip(np.median(found), SIZE_CANDIDATES[0], SIZE_CANDIDATES[-1]))
+
+
 def _pair_iou(a, b):
     """Every overlapping pair of ids of two label slices (ids as they are) and its IoU."""
     both = (a > 0) & (b > 0)
@@ -122,7 +145,8 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         or 1: isotropic voxels.
     diameter : float, "auto" or "native", optional
         Median object diameter in y / x pixels, as for :func:`unetflow.predict.predict_instances`
-        (``"auto"`` estimates it on the brightest YX slice).  None: the run's own choice.
+        (``"auto"``: the median estimate over five YX slices of the middle of the stack).  None: the
+        run's own choice.
     mode : {"3d", "stitch"}
         See the module's documentation.  ``"3d"`` needs a flow run.
     stitch_threshold : float
@@ -164,10 +188,14 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         x = prepare_image(img, run.config.input, stats)
         return x[..., None] if x.ndim == 2 else x
 
-    brightest = int(np.argmax(volume.reshape(volume.shape[0], -1).mean(1)))
-    d, f = resolve_size(run.model, prepared(volume[brightest]), diameter, task=run.task,
-                        train_diameter=run.train_diameter, postprocess=pp)
+    if diameter == "auto":
+        diameter = _estimate_on_slices(run, [prepared(s) for s in _sample_slices(volume)], pp)
+    d, f = resolve_size(run.model, None, diameter, task=run.task, train_diameter=run.train_diameter, postprocess=pp)
     info = {"diameter": d, "anisotropy": aniso}
+    if f * f * f * aniso > MAX_UPSAMPLING:
+        raise ValueError(f"objects of {d:.1f} px would zoom the volume {f:.1f}x in y and x (and {f * aniso:.1f}x in z) to "
+                         f"reach the run's training size of {run.train_diameter:g} px: give `diameter` (px) if the "
+                         "objects really are that small")
 
     def outputs(slices):
         items = ((prepared(s), 1.0) for s in slices)
