@@ -63,7 +63,7 @@ def load_training_data(images, label_paths, cache: TargetCache, input_config: In
 
     items, kinds = [], array_kinds()
     for img, lab in progress_bar(list(zip(images, label_paths)), desc="load images and targets", unit="img",
-                         enabled=progress):
+                                 enabled=progress):
         raw = read_image(img) if not isinstance(img, np.ndarray) else img
         image = prepare_image(raw, input_config)
         t = cache.load(lab)
