@@ -58,6 +58,10 @@ class DataConfig:
         Size of the synthetic set, when it is used.
     max_train_images, max_val_images : int or None
         Use only the first N images of a split (quick runs and tests).
+    volume_slices : bool
+        The manifest lists ``(Z, Y, X)`` volumes and label volumes: train the 2-D network on their
+        YX, ZY and ZX slices, resampled to isotropic voxels (Cellpose's ``make_train``;
+        :func:`unetflow.volume.load_volume_training_data`).
     train_splits : tuple of str
         The manifest splits the network trains on.  ``[train, val]`` trains a final model on every
         image but the test split; the val split then still picks the checkpoint and the thresholds,
@@ -70,6 +74,7 @@ class DataConfig:
     synthetic_images: int = 24
     max_train_images: int | None = None
     max_val_images: int | None = None
+    volume_slices: bool = False
     train_splits: tuple = ("train",)
 
     def __post_init__(self):

@@ -448,12 +448,16 @@ def _load_data(config: ExperimentConfig, data: RunData, progress: bool):
     """The train and val images with their cached targets."""
     from .pipeline import load_training_data
     from .precompute import TargetCache, TargetParams, cache_env_default
+    from .volume import load_volume_training_data
 
     cache = TargetCache(config.data.cache or cache_env_default(), TargetParams())
     out = []
     for split in ("train", "val"):
         images, labels, names = data.splits[split]
-        out.append(load_training_data(images, labels, cache, config.input, names, progress))
+        if config.data.volume_slices:
+            out.append(load_volume_training_data(images, labels, config.input, names, progress))
+        else:
+            out.append(load_training_data(images, labels, cache, config.input, names, progress))
     return tuple(out)
 
 

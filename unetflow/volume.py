@@ -20,7 +20,8 @@ import numpy as np
 
 from .sizing import resolve_size
 
-__all__ = ["predict_volume", "combine_views", "stitch_slices", "VOLUME_MODES"]
+__all__ = ["predict_volume", "combine_views", "stitch_slices", "volume_slices", "load_volume_training_data",
+           "VOLUME_MODES"]
 
 VOLUME_MODES = ("3d", "stitch")
 
@@ -220,3 +221,57 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     masks = compute_masks(dP, cellprob, pp.with_overrides(interp=False, flow_threshold=0.0))
     return _resize_labels(masks, volume.shape[:3]), info
 
+
+
+def volume_slices(volume, labels, anisotropy: float = 1.0):
+    """The 2-D training images of an annotated volume: its YX, ZY and ZX slices once resampled to
+    isotropic voxels (z zoomed by `anisotropy`; image linear, labels nearest), those holding at least
+    one object.  Yields ``(image slice, label slice)``."""
+    v = _zoom(np.asarray(volume, np.float32), (anisotropy, 1.0, 1.0), order=1)
+    lab = _zoom(np.asarray(labels), (anisotropy, 1.0, 1.0), order=0)
+    for axis in range(3):
+        for k in range(lab.shape[axis]):
+            label_slice = np.take(lab, k, axis=axis)
+            if label_slice.any():
+                yield np.take(v, k, axis=axis), label_slice
+
+
+def load_volume_training_data(images, label_paths, input_config, names=None, progress: bool = True):
+    """:class:`unetflow.pipeline.TrainingData` of the slices of annotated volumes (:func:`volume_slices`).
+
+    Each volume is normalised as a whole (every slice alike) and resampled by the anisotropy of its
+    file's voxel size (:func:`unetflow.io.read_volume`; isotropic, with a warning, when the file does
+    not say).  The targets of the slices are computed here, not cached: slices are not files.
+    """
+    import logging
+
+    from .conventions import flows_to_channels_last
+    from .flows import diameters
+    from .io import read_labels, read_volume
+    from .pipeline import TrainingData
+    from .precompute import compute_targets
+    from .preprocess import input_stats, prepare_image
+    from .progress import progress_bar
+    from .tasks import array_kinds
+    from .validation import relabel_sequential
+
+    kinds, items, item_names = array_kinds(), [], []
+    names = list(names) if names is not None else [str(p) for p in images]
+    for img, lab, name in progress_bar(list(zip(images, label_paths, names)), desc="slice volumes", unit="volume",
+                                       enabled=progress):
+        volume, voxel = read_volume(img)
+        labels = read_labels(lab, ndim=3)
+        if labels.shape != volume.shape[:3]:
+            raise ValueError(f"{lab}: label volume shape {labels.shape} differs from image {img} shape {volume.shape[:3]}")
+        if voxel is None:
+            logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
+        stats = input_stats(volume.reshape(-1, *volume.shape[2:]), input_config)
+        for k, (image, label_slice) in enumerate(volume_slices(volume, labels, voxel[0] / voxel[1] if voxel else 1.0)):
+            label_slice = relabel_sequential(label_slice).astype(np.int32)
+            targets = compute_targets(label_slice)
+            x = prepare_image(image, input_config, stats)
+            item = {key: flows_to_channels_last(a) if kinds[key] == "vector" else a
+                    for key, a in targets.items() if key != "labels"}
+            items.append({"image": x[..., None] if x.ndim == 2 else x, **item, "diameter": diameters(label_slice)})
+            item_names.append(f"{name}:{k}")
+    return TrainingData(items, item_names)
