@@ -1,7 +1,6 @@
 """Grouped splits: tiles of one image and series of one experiment never straddle two splits."""
 import numpy as np
 import pandas as pd
-import pytest
 from scipy import ndimage
 
 from conftest import REPO
