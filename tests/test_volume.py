@@ -190,3 +190,6 @@ def test_a_2d_model_trains_on_the_slices_of_volumes(tmp_path):
     volume, voxel = read_volume(tmp_path / "data" / "images" / "v2.tif")
     labels, info = predict_volume(run, volume, anisotropy=voxel[0] / voxel[1])
     assert labels.shape == volume.shape and info["anisotropy"] == 2.0
+    from unetflow.evaluate import evaluate_run
+    with pytest.raises(ValueError, match="trained on the slices of volumes.*bench_volumes.py"):
+        evaluate_run(run, "val", progress=False)  # not a 2-D score of a volume read as 100 channels

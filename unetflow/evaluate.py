@@ -193,6 +193,9 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     ..., so the plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir, precision=precision)
+    if run.config.data.volume_slices:
+        raise ValueError(f"{run.path} was trained on the slices of volumes, and evaluate scores 2-D images: score it "
+                         "on volumes with benchmarks/bench_volumes.py (3-D AP, merges, splits)")
     # a precision other than float32 always names the folder: a tag alone must not overwrite float32's
     tag = "_".join(p for p in ("" if precision == "float32" else precision, tag) if p)
     if diameter is not None and not isinstance(diameter, str):
