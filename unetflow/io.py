@@ -82,11 +82,16 @@ def read_image(path) -> np.ndarray:
         arr = arr[..., None]
     if arr.ndim != 3:
         raise ImageReadError(f"{path}: image has shape {arr.shape}; expected (H, W) or (H, W, C)")
+    return _finite_float32(arr, path, "image")
+
+
+def _finite_float32(arr, path, what: str) -> np.ndarray:
+    """`arr` as float32, or an error naming the file if it is not numeric or holds NaN or inf."""
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
-        raise ImageReadError(f"{path}: image has unsupported dtype {arr.dtype}")
+        raise ImageReadError(f"{path}: {what} has unsupported dtype {arr.dtype}")
     arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
-        raise ImageReadError(f"{path}: image has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
+        raise ImageReadError(f"{path}: {what} has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
     return arr
 
 
@@ -322,11 +327,7 @@ def read_volume(path):
         arr = np.moveaxis(arr, 1, -1)
     if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] > 8):
         raise ImageReadError(f"{path}: a volume must be (Z, Y, X) or (Z, Y, X, C); this file holds shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
-        raise ImageReadError(f"{path}: volume has unsupported dtype {arr.dtype}")
-    arr = arr.astype(np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise ImageReadError(f"{path}: volume has {np.count_nonzero(~np.isfinite(arr))} NaN or inf values")
+    arr = _finite_float32(arr, path, "volume")
     return arr, voxel_size(path) if Path(path).suffix.lower() in TIFF_SUFFIXES else None
 
 

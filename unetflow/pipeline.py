@@ -25,7 +25,7 @@ from .precompute import TargetCache
 from .preprocess import InputConfig, prepare_image
 from .tasks import array_kinds, get_task
 
-__all__ = ["TrainingData", "load_training_data", "make_dataset", "make_target"]
+__all__ = ["TrainingData", "training_item", "load_training_data", "make_dataset", "make_target"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ class TrainingData:
         """Median over images of the median object diameter (px), for rescaling at prediction."""
         d = [it["diameter"] for it in self.items if it["diameter"] > 0]
         return float(np.median(d)) if d else 0.0
+
+
+def training_item(image, targets: dict, kinds=None) -> dict:
+    """One training image's dict: the prepared image, its task targets (vectors moved from the
+    cache's ``(2, H, W)`` to channels-last, as crops take them) and its median object diameter."""
+    kinds = kinds if kinds is not None else array_kinds()
+    item = {k: flows_to_channels_last(a) if kinds[k] == "vector" else a for k, a in targets.items() if k != "labels"}
+    return {"image": image, **item, "diameter": diameters(targets["labels"])}
 
 
 def load_training_data(images, label_paths, cache: TargetCache, input_config: InputConfig = InputConfig(),
@@ -69,9 +77,7 @@ def load_training_data(images, label_paths, cache: TargetCache, input_config: In
         t = cache.load(lab)
         if t["labels"].shape != image.shape[:2]:
             raise ValueError(f"{lab}: label shape {t['labels'].shape} differs from image {img} shape {image.shape[:2]}")
-        # vectors are (2, H, W) in the cache, channels-last in crops
-        item = {k: flows_to_channels_last(a) if kinds[k] == "vector" else a for k, a in t.items() if k != "labels"}
-        items.append({"image": image, **item, "diameter": diameters(t["labels"])})
+        items.append(training_item(image, t, kinds))
     return TrainingData(items, list(names) if names is not None else [str(p) for p in label_paths])
 
 

@@ -245,10 +245,8 @@ def load_volume_training_data(images, label_paths, input_config, names=None, pro
     """
     import logging
 
-    from .conventions import flows_to_channels_last
-    from .flows import diameters
     from .io import read_labels, read_volume
-    from .pipeline import TrainingData
+    from .pipeline import TrainingData, training_item
     from .precompute import compute_targets
     from .preprocess import input_stats, prepare_image
     from .progress import progress_bar
@@ -267,11 +265,7 @@ def load_volume_training_data(images, label_paths, input_config, names=None, pro
             logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
         stats = input_stats(volume.reshape(-1, *volume.shape[2:]), input_config)
         for k, (image, label_slice) in enumerate(volume_slices(volume, labels, voxel[0] / voxel[1] if voxel else 1.0)):
-            label_slice = relabel_sequential(label_slice).astype(np.int32)
-            targets = compute_targets(label_slice)
-            x = prepare_image(image, input_config, stats)
-            item = {key: flows_to_channels_last(a) if kinds[key] == "vector" else a
-                    for key, a in targets.items() if key != "labels"}
-            items.append({"image": x[..., None] if x.ndim == 2 else x, **item, "diameter": diameters(label_slice)})
+            targets = compute_targets(relabel_sequential(label_slice).astype(np.int32))
+            items.append(training_item(prepare_image(image, input_config, stats), targets, kinds))
             item_names.append(f"{name}:{k}")
     return TrainingData(items, item_names)
