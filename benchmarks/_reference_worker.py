@@ -9,7 +9,8 @@ Python, hand it label files, and read back timings and results.  Usage:
 
 ``flows``: cellpose's ``dynamics.masks_to_flows`` per label file.  ``roundtrip``: cellpose's
 ``dynamics.compute_masks`` on ``dP = 5 * flows`` (flows from unetflow, passed in the list as .npz
-files holding ``labels`` and ``flows``) with cellprob +10 inside / -10 outside.  ``masks``:
+files holding ``labels`` and ``flows``) with cellprob +10 inside / -10 outside (``do_3D`` for
+``(Z, Y, X)`` labels).  ``masks``:
 ``dynamics.compute_masks`` on a network's own outputs (.npz files holding ``dP``, ``cellprob``,
 ``flow_threshold``, ``cellprob_threshold`` and ``min_size``).
 """
@@ -48,6 +49,8 @@ def main():
                 dP = 5.0 * flows
                 # the defaults of each version, but min_size 15 (cellpose 3 defaults to -1: no filling)
                 opts = dict(niter=200, flow_threshold=0.4, min_size=15)
+                if labels.ndim == 3:  # Cellpose's do_3D masks, whose flow check is 2-D only
+                    opts.update(do_3D=True, flow_threshold=0.0)
             if k == 0:
                 dynamics.compute_masks(dP, cellprob, **opts)
             t0 = time.perf_counter()

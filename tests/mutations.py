@@ -117,6 +117,16 @@ MUTATIONS = [
     ("quickstart averages stains", "unetflow/quickstart.py",
      'return [f"input.channels={n}", "input.grey=false", "input.invert_bright_background=false"]', "return []",
      "tests/test_channels.py::test_quickstart_keeps_stains_apart"),
+    ("trilinear steps read one corner", "unetflow/dynamics.py",
+     "return (one - wz) * ((one - wy) * a + wy * b) + wz * ((one - wy) * d + wy * e)",
+     "return (one - wy) * a + wy * b",
+     "tests/test_postprocess.py::test_trilinear_following_matches_an_independent_reference"),
+    ("volume-slice runs scored as 2-D images", "unetflow/evaluate.py",
+     "if volumes or run.config.data.volume_slices:", "if volumes:",
+     "tests/test_volume.py::test_a_2d_model_trains_on_the_slices_of_volumes"),
+    ("3-D scores not written where compare reads", "unetflow/evaluate.py",
+     "where = dict(volumes=mode, sizing=suffix, tag=tag)", "where = dict(sizing=suffix, tag=tag)",
+     "tests/test_volume.py::test_a_2d_model_trains_on_the_slices_of_volumes"),
 ]
 
 

@@ -51,12 +51,13 @@ def test_seed_mask_recovered():
 
 
 def _follow_bilinear_reference(dP, niter, mask):
-    """Euler steps read by scipy's bilinear interpolation, in float64: an independent reference."""
+    """Euler steps read by scipy's (bi/tri)linear interpolation, in float64: an independent reference."""
     from scipy.ndimage import map_coordinates
     pts = np.argwhere(mask).T.astype(np.float64)
     hi = np.array(dP.shape[1:])[:, None] - 1.0
     for _ in range(niter):
-        step = np.stack([map_coordinates(dP[c].astype(np.float64), pts, order=1, mode="nearest") for c in (0, 1)])
+        step = np.stack([map_coordinates(dP[c].astype(np.float64), pts, order=1, mode="nearest")
+                         for c in range(len(dP))])
         pts = np.clip(pts + step, 0, hi)
     return pts
 
@@ -81,6 +82,17 @@ def test_bilinear_following_matches_an_independent_reference():
         np.testing.assert_allclose(p[:, mask], ref, atol=1e-3)
         # and bilinear reading is not the truncated scheme
         assert np.abs(follow_flows(dP, niter=50, mask=mask)[:, mask] - ref).max() > 0.1
+
+
+def test_trilinear_following_matches_an_independent_reference():
+    rng = np.random.default_rng(6)
+    labels = np.stack([random_labels(rng, shape=(18, 20)) for _ in range(3)]).repeat(4, axis=0)  # (12, 18, 20)
+    dP = masks_to_flows(labels) * (labels > 0) / 2  # the 3-D flows sum two slice flows: steps under a pixel
+    mask = labels > 0
+    p = follow_flows(dP, niter=30, interp=True, mask=mask)
+    ref = _follow_bilinear_reference(dP, 30, mask)
+    np.testing.assert_allclose(p[:, mask], ref, atol=1e-3)
+    assert np.abs(follow_flows(dP, niter=30, mask=mask)[:, mask] - ref).max() > 0.1
 
 
 def test_get_masks_matches_seed_code():

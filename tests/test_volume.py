@@ -190,6 +190,21 @@ def test_a_2d_model_trains_on_the_slices_of_volumes(tmp_path):
     volume, voxel = read_volume(tmp_path / "data" / "images" / "v2.tif")
     labels, info = predict_volume(run, volume, anisotropy=voxel[0] / voxel[1])
     assert labels.shape == volume.shape and info["anisotropy"] == 2.0
+    # evaluate scores such a run on volumes, in 3-D (not as 2-D images of 10 channels)
     from unetflow.evaluate import evaluate_run
-    with pytest.raises(ValueError, match="trained on the slices of volumes.*bench_volumes.py"):
-        evaluate_run(run, "val", progress=False)  # not a 2-D score of a volume read as 100 channels
+    from unetflow.io import read_labels
+    from unetflow.metrics import matching
+    summary = evaluate_run(run, "val", progress=False)
+    truth = read_labels(tmp_path / "data" / "labels" / "v2.tif", ndim=3)
+    written, voxel = read_volume(run / "eval_val_3d" / "labels" / "v2.tif")
+    np.testing.assert_array_equal(written, labels)  # what predict_volume gives, with the voxel size kept
+    assert voxel == pytest.approx((0.5, 0.25, 0.25))
+    m = matching(truth, labels, 0.5)
+    assert (summary["volumes"], summary["n_images"], summary["n_true"]) == ("3d", 1, int(truth.max()))
+    assert (summary["by_iou"]["0.50"]["tp"], summary["ap50"]) == (m.tp, pytest.approx(m.ap))
+    assert summary["postprocess"]["flow_threshold"] == 0.0  # the options the masks were made with
+    from unetflow.cli import main
+    assert main(["compare", str(run), "--split", "val", "--3d", "--out", str(tmp_path / "cmp")]) == 0
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "volumes scored in 3-D" in report and "s per megavoxel" in report
+    assert main(["evaluate", str(run), "--split", "val", "--stitch", "0.3"]) == 2  # --stitch needs --3d

@@ -160,10 +160,16 @@ def _parse_kv(kv):
 def _evaluate(args) -> int:
     from .evaluate import evaluate_run
 
+    if args.stitch is not None and not args.three_d:
+        raise ValueError("--stitch joins 2-D masks of a volume's slices: it needs --3d")
+
     s = evaluate_run(args.run_dir, args.split, manifest=args.manifest, data_root=args.data, tune=not args.no_tune,
                      tta=args.tta, diameter=args.diameter,
-                     precision=args.precision, tag=args.tag or "", **dict(_parse_kv(kv) for kv in args.postprocess or ()))
-    print(f"{s['task']} run on {s['split']}: {s['n_images']} images, {s['n_true']} objects")
+                     precision=args.precision, tag=args.tag or "",
+                     volumes=("stitch" if args.stitch is not None else "3d") if args.three_d else None,
+                     stitch_threshold=args.stitch or 0.0, **dict(_parse_kv(kv) for kv in args.postprocess or ()))
+    what = f"volumes ({s['volumes']}, scored in 3-D)" if s.get("volumes") else "images"
+    print(f"{s['task']} run on {s['split']}: {s['n_images']} {what}, {s['n_true']} objects")
     print(f"  AP@0.5 {s['ap50']:.3f}  AP@0.75 {s['ap75']:.3f}  AP@0.9 {s['ap90']:.3f}  mean F1 {s['mean_f1']:.3f}")
     print("  errors: " + ", ".join(f"{k} {v}" for k, v in s["errors"].items()))
     if "diameter_estimate" in s:
@@ -177,7 +183,8 @@ def _evaluate(args) -> int:
 def _compare(args) -> int:
     from .report import compare_runs
 
-    path = compare_runs(args.run_dirs, args.out, split=args.split)
+    volumes = ("stitch" if args.stitch else "3d") if args.three_d else ""
+    path = compare_runs(args.run_dirs, args.out, split=args.split, volumes=volumes)
     print(f"report: {path.resolve()} (and report.html)")
     return 0
 
@@ -321,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="post-processing override, e.g. flow_threshold=0.6 (repeatable)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                    help="what the network computes in (default: %(default)s; others write eval_<split>_<precision>/)")
+    p.add_argument("--3d", dest="three_d", action="store_true",
+                   help="the manifest lists (Z, Y, X) volumes: segment each as predict --3d does and score it in "
+                        "3-D; writes eval_<split>_3d/ (always so for runs trained on volume slices)")
+    p.add_argument("--stitch", type=float, metavar="IOU",
+                   help="with --3d: 2-D masks per z slice joined across slices at this IoU; writes "
+                        "eval_<split>_stitch/")
     p.add_argument("--tag", help="suffix of the output folder, eval_<split>[...]_<tag>/")
     p.set_defaults(func=_evaluate)
 
@@ -338,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--3d", dest="three_d", action="store_true",
+                   help="compare the runs' 3-D scores on volumes (evaluate --3d: eval_<split>_3d/)")
+    p.add_argument("--stitch", action="store_true", help="with --3d: the stitch mode's scores (eval_<split>_stitch/)")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("quickstart", help="boundary vs flow U-Net end to end (synthetic data unless --data)")

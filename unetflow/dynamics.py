@@ -165,6 +165,7 @@ def _steps_nearest(p, dP, inds, niter):
 
 @numba.njit(cache=True, parallel=True)
 def _steps_3d(p, dP, inds, niter):
+    """Euler steps of the voxels `inds` with the step read at the truncated position (Cellpose's 3-D)."""
     nz, ny, nx = dP.shape[1], dP.shape[2], dP.shape[3]
     for j in numba.prange(inds.shape[0]):
         z = inds[j, 0]
@@ -189,6 +190,57 @@ def _steps_3d(p, dP, inds, niter):
     return p
 
 
+@numba.njit(cache=True, inline="always")
+def _trilinear(dP, c, z0, y0, x0, z1, y1, x1, wz, wy, wx):
+    """Channel `c` of `dP` at ``(z0 + wz, y0 + wy, x0 + wx)`` by trilinear interpolation."""
+    one = np.float32(1)
+    a = (one - wx) * dP[c, z0, y0, x0] + wx * dP[c, z0, y0, x1]
+    b = (one - wx) * dP[c, z0, y1, x0] + wx * dP[c, z0, y1, x1]
+    d = (one - wx) * dP[c, z1, y0, x0] + wx * dP[c, z1, y0, x1]
+    e = (one - wx) * dP[c, z1, y1, x0] + wx * dP[c, z1, y1, x1]
+    return (one - wz) * ((one - wy) * a + wy * b) + wz * ((one - wy) * d + wy * e)
+
+
+@numba.njit(cache=True, parallel=True)
+def _steps_trilinear(p, dP, inds, niter):
+    """Euler steps of the voxels `inds` with the step read by trilinear interpolation of the
+    ``(3, Z, Y, X)`` field `dP`: the 3-D form of :func:`_steps_bilinear`.  Nearest-neighbour steps
+    leave a voxel stuck where the truncated field points back at it, which splits thin or
+    elongated objects; interpolated steps let it slide to the centre."""
+    nz, ny, nx = dP.shape[1], dP.shape[2], dP.shape[3]
+    zmax = np.float32(nz - 1)
+    ymax = np.float32(ny - 1)
+    xmax = np.float32(nx - 1)
+    zero = np.float32(0)
+    for j in numba.prange(inds.shape[0]):
+        z = inds[j, 0]
+        y = inds[j, 1]
+        x = inds[j, 2]
+        pz = p[0, z, y, x]
+        py = p[1, z, y, x]
+        px = p[2, z, y, x]
+        for _ in range(niter):
+            z0 = int(pz)  # positions are >= 0: truncation is the floor
+            y0 = int(py)
+            x0 = int(px)
+            z1 = min(z0 + 1, nz - 1)
+            y1 = min(y0 + 1, ny - 1)
+            x1 = min(x0 + 1, nx - 1)
+            wz = pz - np.float32(z0)
+            wy = py - np.float32(y0)
+            wx = px - np.float32(x0)
+            sz = _trilinear(dP, 0, z0, y0, x0, z1, y1, x1, wz, wy, wx)
+            sy = _trilinear(dP, 1, z0, y0, x0, z1, y1, x1, wz, wy, wx)
+            sx = _trilinear(dP, 2, z0, y0, x0, z1, y1, x1, wz, wy, wx)
+            pz = _clamp(pz + sz, zero, zmax)
+            py = _clamp(py + sy, zero, ymax)
+            px = _clamp(px + sx, zero, xmax)
+        p[0, z, y, x] = pz
+        p[1, z, y, x] = py
+        p[2, z, y, x] = px
+    return p
+
+
 def follow_flows(dP, niter: int = 200, interp: bool = False, mask=None) -> np.ndarray:
     """Follow a flow field from every pixel for ``niter`` Euler steps of size 1.
 
@@ -201,7 +253,8 @@ def follow_flows(dP, niter: int = 200, interp: bool = False, mask=None) -> np.nd
         Number of steps.
     interp : bool
         False: the step is read at the truncated (integer) position, Cellpose 2020's scheme.
-        True: it is read by bilinear interpolation, as current Cellpose does (2-D only).
+        True: it is read by bilinear interpolation, as current Cellpose does in 2-D, and by
+        trilinear interpolation in 3-D.
     mask : array of bool, optional
         The pixels to follow.  Default: where ``|dP[0]| > 1e-3``, Cellpose 2020's criterion (which
         leaves pixels whose flow is purely horizontal where they are).
@@ -235,11 +288,11 @@ def follow_flows(dP, niter: int = 200, interp: bool = False, mask=None) -> np.nd
             raise ValueError(f"`mask` (shape {mask.shape}) must have the spatial shape of `dP` ({shape})")
     if dP.shape[0] == 2:
         return _follow_2d(np.ascontiguousarray(np.moveaxis(dP, 0, -1)), mask, int(niter), interp)
-    if interp:
-        raise ValueError("`interp=True` is implemented for 2-D flows only")
     p = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     inds = np.argwhere(mask).astype(np.int64)
-    return _steps_3d(p, np.ascontiguousarray(dP), inds, int(niter)) if inds.size and niter else p
+    if inds.size == 0 or niter == 0:
+        return p
+    return (_steps_trilinear if interp else _steps_3d)(p, np.ascontiguousarray(dP), inds, int(niter))
 
 
 def _follow_2d(field, mask, niter: int, interp: bool) -> np.ndarray:

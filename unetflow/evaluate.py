@@ -30,7 +30,7 @@ from .sizing import resolve_size
 from .preprocess import prepare_image
 from .tasks import get_task
 
-__all__ = ["evaluate_run", "tune_thresholds", "predict_split", "split_files", "summarize", "TUNING_IOUS"]
+__all__ = ["evaluate_run", "evaluate_volumes", "tune_thresholds", "predict_split", "split_files", "summarize", "TUNING_IOUS"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +172,75 @@ def summarize(truth, preds, table, meta_rows=None) -> dict:
     return out
 
 
+def evaluate_volumes(run: Run, split: str, *, manifest=None, data_root=None, diameter=None, mode: str = "3d",
+                     stitch_threshold: float = 0.25, tag: str = "", progress: bool = True, **postprocess) -> dict:
+    """Score a 2-D run on the ``(Z, Y, X)`` volumes of a split, in 3-D.
+
+    Each volume is segmented by :func:`unetflow.volume.predict_volume` (`mode` ``"3d"``: the three
+    views' flows followed in 3-D; ``"stitch"``: 2-D masks joined across z at `stitch_threshold`)
+    with the anisotropy read from the file, and matched in 3-D against its labels (IoU of voxel
+    sets).  `diameter`: a sizing of :mod:`unetflow.sizing`, or ``"manifest"`` for the manifest's
+    ``median_object_diameter_vox``.  The post-processing is the run's configuration (and
+    `postprocess` overrides): thresholds tuned on 2-D images do not carry over to 3-D, so none are
+    tuned here.  Writes ``eval_<split>_<mode>[_<sizing>][_<tag>]/`` with ``labels/`` (stacks with
+    their voxel size), ``per_image.csv`` (one row per volume and IoU threshold; error-category sizes
+    in voxels) and ``summary.json``, whose keys are those of :func:`evaluate_run`'s summary.
+    """
+    from .io import read_volume, write_volume_labels
+    from .progress import progress_bar
+    from .volume import predict_volume
+
+    images, labels, names, rows = split_files(run, split, manifest, data_root)
+    if not images:
+        raise ValueError(f"split {split!r} is empty")
+    sizing = diameter if diameter == "manifest" else run.sizing(diameter, words=("auto", "native"))
+    if sizing == "manifest":
+        column = "median_object_diameter_vox"
+        if column not in rows.columns or rows[column].isna().any():
+            raise ValueError(f"diameter 'manifest' needs a {column!r} value for every volume of the manifest")
+        sizes = list(rows[column])
+    else:
+        sizes = [sizing] * len(images)
+    suffix = "" if sizing == run.default_sizing else str(sizing)
+    where = dict(volumes=mode, sizing=suffix, tag=tag)
+    out = run.dir.eval_dir(split, **where)
+    truth, preds, used, options = [], [], [], {}
+    seconds = voxels = 0.0
+    for image, label, name, size in progress_bar(list(zip(images, labels, names, sizes)), desc="segment volumes",
+                                                 unit="vol", enabled=progress):
+        volume, voxel = read_volume(image)
+        t0 = time.perf_counter()
+        pred, info = predict_volume(run, volume, anisotropy=voxel[0] / voxel[1] if voxel else None, diameter=size,
+                                    mode=mode, stitch_threshold=stitch_threshold, **postprocess)
+        seconds += time.perf_counter() - t0
+        voxels += float(np.prod(volume.shape[:3]))
+        truth.append(read_labels(label, ndim=3))
+        if truth[-1].shape != pred.shape:
+            raise ValueError(f"{label}: labels of shape {truth[-1].shape} for a volume of shape {pred.shape}")
+        preds.append(pred)
+        used.append(info.get("diameter"))
+        options = info["postprocess"]
+        write_volume_labels(run.dir.eval_labels(split, name, **where), pred, voxel)
+    table = per_image_table(truth, preds, names)
+    table["diameter_used"] = table["image"].map(dict(zip(names, used)))
+    atomic_write(out / run.dir.PER_IMAGE, lambda tmp: table.to_csv(tmp, index=False))
+    summary = summarize(truth, preds, table, rows)
+    summary.update(run=str(run.path), out=str(out), task=run.task, split=split, tta=False, diameter=sizing,
+                   volumes=mode, stitch_threshold=stitch_threshold if mode == "stitch" else None,
+                   postprocess=options, images=names,
+                   timing={"seconds": seconds, "megavoxels": voxels / 1e6, "s_per_mvox": seconds / (voxels / 1e6)})
+    run.dir.write_json(out.relative_to(run.dir.path) / run.dir.SUMMARY, summary)
+    return summary
+
+
 def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None, tune: bool = True,
                  tta: bool = False, diameter=None, tag: str = "", progress: bool = True,
-                 precision: str = "float32", **postprocess) -> dict:
+                 precision: str = "float32", volumes: str | None = None, stitch_threshold: float = 0.25,
+                 **postprocess) -> dict:
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
+
+    `volumes` (``"3d"`` or ``"stitch"``) scores a manifest of ``(Z, Y, X)`` volumes in 3-D with
+    :func:`evaluate_volumes`; a run trained on the slices of volumes always is.
 
     `diameter`: how each image is sized (:mod:`unetflow.sizing`): ``"auto"`` estimates each image's
     object size and zooms it to the training size (reporting the estimates' error against the
@@ -193,9 +258,12 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     ..., so the plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir, precision=precision)
-    if run.config.data.volume_slices:
-        raise ValueError(f"{run.path} was trained on the slices of volumes, and evaluate scores 2-D images: score it "
-                         "on volumes with benchmarks/bench_volumes.py (3-D AP, merges, splits)")
+    if volumes or run.config.data.volume_slices:
+        if tta:
+            raise ValueError("tta applies to 2-D images; volumes are already predicted from three views")
+        return evaluate_volumes(run, split, manifest=manifest, data_root=data_root, diameter=diameter,
+                                mode=volumes or "3d", stitch_threshold=stitch_threshold, tag=tag,
+                                progress=progress, **postprocess)
     # a precision other than float32 always names the folder: a tag alone must not overwrite float32's
     tag = "_".join(p for p in ("" if precision == "float32" else precision, tag) if p)
     if diameter is not None and not isinstance(diameter, str):

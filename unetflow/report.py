@@ -40,9 +40,9 @@ def figure_stem(name: str) -> str:
     return f"{readable}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def _load_eval(run_dir: Path, split: str):
+def _load_eval(run_dir: Path, split: str, volumes: str = ""):
     rd = RunDir(run_dir)
-    return rd.eval_summary(split), rd.eval_table(split)
+    return rd.eval_summary(split, volumes=volumes), rd.eval_table(split, volumes=volumes)
 
 
 def _label(run_dir: Path, summary) -> str:
@@ -65,7 +65,7 @@ def _savefig(fig, path):
     plt.close(fig)
 
 
-def _plots(runs, out: Path, split: str):
+def _plots(runs, out: Path, split: str, volumes: str = ""):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,6 +99,8 @@ def _plots(runs, out: Path, split: str):
     _savefig(fig, out / "errors.png")
     files.append(("Error categories", "errors.png"))
 
+    if volumes:  # the example overlays are of 2-D images
+        return files
     # examples: the images with the largest difference in AP@0.5 between the first two runs
     first_dir, first_summary, first_table = runs[0]
     names = first_summary["images"]
@@ -239,15 +241,20 @@ def _paired_differences(runs):
     return [row(f"{_label(r, s)} - {_label(ref_dir, ref_s)}", ap50(ref_t), ap50(t)) for r, s, t in runs[1:]]
 
 
-def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
-    """Write the comparison report of evaluated runs into `out_dir`; return the Markdown file's path."""
+def compare_runs(run_dirs, out_dir, split: str = "test", volumes: str = "") -> Path:
+    """Write the comparison report of evaluated runs into `out_dir`; return the Markdown file's path.
+
+    `volumes` (``"3d"`` or ``"stitch"``) compares the runs' 3-D scores on volumes
+    (``eval_<split>_<volumes>/``, :func:`unetflow.evaluate.evaluate_volumes`) instead of their 2-D ones.
+    """
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("give at least one run directory")
-    runs = [(r, *_load_eval(r, split)) for r in run_dirs]
+    runs = [(r, *_load_eval(r, split, volumes)) for r in run_dirs]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# unetflow comparison ({split} split)", ""]
+    what = f", volumes scored in 3-D ({volumes})" if volumes else ""
+    md = [f"# unetflow comparison ({split} split{what})", ""]
     header = ["run", "images", "objects"] + [c for c, _ in COLUMNS] + ["precision@0.5", "recall@0.5"] + list(ERRORS)
     rows = []
     for run_dir, s, _ in runs:
@@ -278,10 +285,14 @@ def compare_runs(run_dirs, out_dir, split: str = "test") -> Path:
     for run_dir, s, _ in runs:
         md.append(f"- {_label(run_dir, s)}: " + ", ".join(f"{k}={v}" for k, v in s["postprocess"].items()))
     md += ["", "## Timing (this machine)", ""]
-    md += [_md_table(["run", "network s/Mpx", "post-processing s/Mpx"],
-                     [[_label(r, s), _fmt(s["timing"]["network_s_per_mpx"]), _fmt(s["timing"]["postprocess_s_per_mpx"])]
-                      for r, s, _ in runs]), ""]
-    plots = _plots(runs, out, split)
+    if volumes:
+        md += [_md_table(["run", "s per megavoxel (all of it)"], [[_label(r, s), _fmt(s["timing"]["s_per_mvox"])]
+                                                                  for r, s, _ in runs]), ""]
+    else:
+        md += [_md_table(["run", "network s/Mpx", "post-processing s/Mpx"],
+                         [[_label(r, s), _fmt(s["timing"]["network_s_per_mpx"]),
+                           _fmt(s["timing"]["postprocess_s_per_mpx"])] for r, s, _ in runs]), ""]
+    plots = _plots(runs, out, split, volumes)
     md += ["## Plots", ""] + [f"### {title}\n\n![{title}]({f})\n" for title, f in plots]
     text = "\n".join(md) + "\n"
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))

@@ -87,9 +87,10 @@ class RunDir:
             raise ValueError(f"`which` must be 'best' or 'last', got {which!r}")
         return self.path / f"{which}.keras"
 
-    def eval_dir(self, split: str, *, tta: bool = False, sizing: str = "", tag: str = "") -> Path:
-        """``eval_<split>[_tta][_<sizing>][_<tag>]/``; `sizing` is "" (the run's own), "auto", "native" or "manifest"."""
-        parts = [f"eval_{split}"] + (["tta"] if tta else []) + [p for p in (sizing, tag) if p]
+    def eval_dir(self, split: str, *, tta: bool = False, volumes: str = "", sizing: str = "", tag: str = "") -> Path:
+        """``eval_<split>[_tta][_<volumes>][_<sizing>][_<tag>]/``; `volumes` is "" (2-D images), "3d" or
+        "stitch"; `sizing` is "" (the run's own), "auto", "native" or "manifest"."""
+        parts = [f"eval_{split}"] + (["tta"] if tta else []) + [p for p in (volumes, sizing, tag) if p]
         return self.path / "_".join(parts)
 
     def eval_labels(self, split: str, name: str, **kw) -> Path:

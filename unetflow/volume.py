@@ -160,7 +160,8 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     labels : (Z, Y, X) int32 array
         On the stack's own grid.
     info : dict
-        ``diameter`` (the y / x diameter used, if any) and ``anisotropy``.
+        ``diameter`` (the y / x diameter used, if any), ``anisotropy`` and ``postprocess`` (the
+        options the masks were made with).
     """
     from .conventions import DEFAULT_TILE
     from .predict import Run, load_run, predict_raw_many, raw_to_labels
@@ -206,6 +207,7 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     if mode == "stitch":
         v = _zoom(volume, (1.0, f, f), order=1)
         masks = np.stack([raw_to_labels(r, run.task, pp) for r in outputs(list(v))])
+        info["postprocess"] = vars(pp)
         labels = stitch_slices(_resize_labels(masks, volume.shape[:3]), stitch_threshold)
         return labels, info
     v = _zoom(volume, (aniso * f, f, f), order=1)  # isotropic voxels at the training object size
@@ -215,10 +217,14 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     dP, cellprob = combine_views(yx, zy, zx)
     from .dynamics import compute_masks
 
-    # nearest-neighbour steps (bilinear steps are 2-D only), and no flow check: the combined views
-    # are not the 3-D heat flows of the masks (each view's flows are unit vectors in its own plane),
-    # so the check would reject good masks; Cellpose skips it in 3-D too
-    masks = compute_masks(dP, cellprob, pp.with_overrides(interp=False, flow_threshold=0.0))
+    # nearest-neighbour steps: on flows made of 2-D views, trilinear steps settle on two points in
+    # large objects and split them (benchmarks/bench_roundtrip.py on gonuclear labels: AP@0.9 0.775
+    # against 0.893).  No flow check: the combined views are not the 3-D heat flows of the masks
+    # (each view's flows are unit vectors in its own plane), so the check would reject good masks;
+    # Cellpose skips it in 3-D too
+    pp = pp.with_overrides(interp=False, flow_threshold=0.0)
+    info["postprocess"] = vars(pp)
+    masks = compute_masks(dP, cellprob, pp)
     return _resize_labels(masks, volume.shape[:3]), info
 
 
