@@ -38,6 +38,19 @@ def test_reader_opens_seg_npy_and_label_tiffs(tmp_path):
 
 
 @pytest.mark.slow
+def test_reader_opens_label_stacks_at_their_voxel_size(tmp_path):
+    from unetflow.io import write_volume_labels
+
+    stack = np.zeros((6, 20, 24), np.uint16)
+    stack[1:4, 2:9, 3:10], stack[2:6, 12:18, 14:22] = 1, 2
+    write_volume_labels(tmp_path / "vol_labels.tif", stack, (0.5, 0.25, 0.25))  # what predict --3d writes
+    (lab, meta, kind), = get_reader(str(tmp_path / "vol_labels.tif"))(str(tmp_path / "vol_labels.tif"))
+    assert kind == "labels" and np.array_equal(lab, stack) and meta["scale"] == pytest.approx((0.5, 0.25, 0.25))
+    write_volume_labels(tmp_path / "bare_labels.tif", stack)  # no voxel size: still a stack, unscaled
+    (lab, meta, _), = read_outputs(tmp_path / "bare_labels.tif")
+    assert np.array_equal(lab, stack) and "scale" not in meta
+
+
 def test_widget_segments_an_image_layer(tiny_flow, capsys):
     from unetflow.metrics import matching
     from unetflow.predict import predict_instances

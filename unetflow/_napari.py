@@ -1,6 +1,6 @@
 """The napari plugin (npe2 manifest ``unetflow/napari.yaml``): a widget that segments the current
 image layer with a trained run or the shipped ``nuclei`` model, and a reader for Cellpose
-``_seg.npy`` files and unetflow's label TIFFs.
+``_seg.npy`` files and unetflow's label TIFFs (images and stacks).
 
 Nothing here imports napari: the widget is a plain function that napari turns into a form
 (``autogenerate``), and its result is a list of layer-data tuples, so it also runs headless.  (No
@@ -79,8 +79,9 @@ def segment(image: "napari.layers.Image", second_channel: Optional["napari.layer
 
 def read_outputs(path) -> list:
     """Layer-data tuples of a Cellpose ``_seg.npy`` (masks, and flows when it has them) or of a
-    label TIFF written by ``unetflow predict``."""
-    from .io import read_labels
+    label TIFF written by ``unetflow predict``: an image, or a ``(Z, Y, X)`` stack (scaled by its
+    voxel size when the file gives it)."""
+    from .io import ImageReadError, read_labels, voxel_size
 
     path = Path(path)
     stem = path.name.removesuffix(".npy").removesuffix(".tif")
@@ -94,7 +95,15 @@ def read_outputs(path) -> list:
             layers.append((np.asarray(flows[0][0]), {"name": f"{stem} flows", "rgb": True, "visible": False},
                            "image"))
         return layers
-    return [(read_labels(path), {"name": stem}, "labels")]
+    voxel = voxel_size(path)
+    if voxel is not None:  # a stack with its voxel size (predict --3d): shown at its true proportions
+        return [(read_labels(path, ndim=3), {"name": stem, "scale": voxel}, "labels")]
+    try:
+        return [(read_labels(path), {"name": stem}, "labels")]
+    except ImageReadError as exc:
+        if "expected (H, W)" not in str(exc):
+            raise
+        return [(read_labels(path, ndim=3), {"name": stem}, "labels")]
 
 
 def get_reader(path):
