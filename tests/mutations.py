@@ -130,6 +130,10 @@ MUTATIONS = [
     ("napari reader drops the voxel size", "unetflow/_napari.py",
      "    if voxel is not None:  # a stack", "    if False:  # a stack",
      "tests/test_napari.py::test_reader_opens_label_stacks_at_their_voxel_size"),
+    ("OME-Zarr labels lose the voxel size", "unetflow/formats.py",
+     "tuple(min(side, s) for s in labels.shape), scale)", "tuple(min(side, s) for s in labels.shape), None)",
+     "tests/test_formats.py::test_ome_zarr_label_volume_keeps_its_voxel_size "
+     "tests/test_volume.py::test_predict_cli_on_a_stack_keeps_the_voxel_size"),
 ]
 
 

@@ -108,6 +108,23 @@ def test_ome_zarr_labels_read_by_ome_zarr_py(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.ome.zarr", "img_labels.tif"]  # no temporaries left
 
 
+def test_ome_zarr_label_volume_keeps_its_voxel_size(tmp_path):
+    pytest.importorskip("ome_zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from unetflow.formats import write_ome_zarr_labels
+
+    stack = np.zeros((5, 12, 14), np.int32)
+    stack[1:4, 2:8, 3:9], stack[2:5, 7:12, 9:14] = 1, 2
+    write_ome_zarr_labels(tmp_path / "vol.ome.zarr", stack, scale=(0.5, 0.25, 0.25))
+    node, = Reader(parse_url(str(tmp_path / "vol.ome.zarr")))()
+    assert np.array_equal(np.asarray(node.data[0]), stack)
+    multiscale = node.metadata["coordinateTransformations"][0][0]
+    assert multiscale == {"type": "scale", "scale": [0.5, 0.25, 0.25]}
+    assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"]
+
+
 def test_flow_colours_and_bad_format(tmp_path):
     yy, xx = np.mgrid[-8:9, -8:9].astype(np.float32)
     rgb = flows_to_rgb(np.stack([yy, xx]))

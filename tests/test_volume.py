@@ -122,8 +122,8 @@ def test_volume_errors():
 @pytest.mark.slow
 def test_predict_cli_on_a_stack_keeps_the_voxel_size(tmp_path, capsys):
     """``unetflow predict --model nuclei STACK --3d``: the anisotropy read from the file, the labels
-    written as a stack with the same voxel size; a 2-D image among the stacks is reported and the
-    others go on."""
+    written as a TIFF stack and an OME-Zarr label image with the same voxel size; a 2-D image among
+    the stacks is reported and the others go on; 2-D formats are refused."""
     from unetflow.cli import main
     from unetflow.io import read_volume, write_image, write_volume_labels
     from unetflow.metrics import matching
@@ -134,13 +134,21 @@ def test_predict_cli_on_a_stack_keeps_the_voxel_size(tmp_path, capsys):
     write_volume_labels(tmp_path / "stack.tif", volume, (0.5, 0.25, 0.25))  # an ImageJ stack, anisotropy 2
     write_image(tmp_path / "flat.tif", np.zeros((32, 32), np.uint16))
     code = main(["predict", "--model", "nuclei", str(tmp_path / "stack.tif"), str(tmp_path / "flat.tif"),
-                 "--3d", "--diameter", "17", "--out", str(tmp_path / "out")])
+                 "--3d", "--diameter", "17", "--out", str(tmp_path / "out"), "--formats", "labels", "ome-zarr"])
     captured = capsys.readouterr()
     assert code == 1 and "flat.tif" in captured.err and "(Z, Y, X)" in captured.err
     assert "anisotropy 2.00" in captured.out
     labels, voxel = read_volume(tmp_path / "out" / "stack_labels.tif")
     assert voxel == pytest.approx((0.5, 0.25, 0.25)) and labels.shape == truth.shape
     assert matching(truth, labels.astype(np.int32), 0.5).tp == 3
+    import zarr
+    zarr_labels = zarr.open_group(str(tmp_path / "out" / "stack.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(zarr_labels["0"][:], labels)
+    scale = zarr_labels.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == pytest.approx([0.5, 0.25, 0.25])
+    assert main(["predict", "--model", "nuclei", str(tmp_path / "stack.tif"), "--3d", "--formats", "rois",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--formats rois: 2-D formats" in capsys.readouterr().err
     assert main(["predict", "--model", "nuclei", str(tmp_path / "stack.tif"), "--3d", "--anisotropy", "-1",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--anisotropy must be a positive number" in capsys.readouterr().err

@@ -98,12 +98,18 @@ def _predict(args) -> int:
 
 
 def _predict_volumes(run, images, out, args, diameter, overrides) -> int:
-    """``predict --3d``: each file a (Z, Y, X) stack, its labels a stack with the voxel size kept."""
+    """``predict --3d``: each file a (Z, Y, X) stack, its labels a TIFF stack and/or an OME-Zarr label
+    image with the voxel size kept."""
+    from .formats import write_ome_zarr_labels
     from .io import read_volume, write_volume_labels
     from .volume import predict_volume
 
     if args.anisotropy is not None and not args.anisotropy > 0:
         raise ValueError(f"--anisotropy must be a positive number (z voxel size / y-x voxel size), got {args.anisotropy}")
+    flat = sorted(set(args.formats) - {"labels", "ome-zarr"})
+    if flat:
+        raise ValueError(f"--formats {' '.join(flat)}: 2-D formats; a volume's labels are written as labels "
+                         "(a TIFF stack) or ome-zarr")
     failed = []
     for path in images:
         try:
@@ -115,7 +121,10 @@ def _predict_volumes(run, images, out, args, diameter, overrides) -> int:
             labels, info = predict_volume(run, volume, anisotropy=aniso, diameter=diameter,
                                           mode="stitch" if args.stitch is not None else "3d",
                                           stitch_threshold=args.stitch or 0.0, tile_size=args.tile_size, **overrides)
-            write_volume_labels(out / f"{path.stem}_labels.tif", labels, voxel)
+            if "labels" in args.formats:
+                write_volume_labels(out / f"{path.stem}_labels.tif", labels, voxel)
+            if "ome-zarr" in args.formats:
+                write_ome_zarr_labels(out / f"{path.stem}.ome.zarr", labels, scale=voxel)
             print(f"{path.name}: {int(labels.max())} objects (anisotropy {info['anisotropy']:.2f})")
         except (OSError, ValueError) as exc:  # one bad stack must not stop the others
             failed.append(f"{path}: {exc}")
@@ -287,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=2048, help="blocks of the .zarr path (default: %(default)s)")
     p.add_argument("--3d", dest="three_d", action="store_true",
                    help="each image is a (Z, Y, X) stack: the 2-D network on its YX, ZY and ZX slices, flows "
-                        "followed in 3-D (Cellpose's do_3D); writes <stem>_labels.tif stacks with the voxel size")
+                        "followed in 3-D (Cellpose's do_3D); writes <stem>_labels.tif stacks (and <stem>.ome.zarr with "
+                        "--formats ome-zarr) with the voxel size")
     p.add_argument("--anisotropy", type=float,
                    help="with --3d: z voxel size / y-x voxel size (default: from the file's metadata, else 1)")
     p.add_argument("--stitch", type=float, metavar="IOU",

@@ -99,31 +99,42 @@ def write_rois(path, labels) -> Path:
     return atomic_write(path, lambda tmp: roifile.roiwrite(tmp, rois, mode="w"))
 
 
-def create_ome_zarr_labels(path, shape, chunks):
-    """An empty OME-Zarr (NGFF 0.4) label image: one full-resolution uint32 level ``0``."""
+def create_ome_zarr_labels(path, shape, chunks, scale=None):
+    """An empty OME-Zarr (NGFF 0.4) label image: one full-resolution uint32 level ``0``.
+
+    `shape` is ``(Y, X)`` or ``(Z, Y, X)``; `scale` the pixel (voxel) size per axis in micrometres
+    (None: 1 per axis, no unit).
+    """
     try:
         import zarr
     except ImportError:
         raise ImportError("the ome-zarr format needs zarr: pip install 'unetflow[big]'") from None
 
+    names = "zyx"[-len(shape):]
+    unit = {} if scale is None else {"unit": "micrometer"}
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     root.create_array("0", shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0)
     root.attrs["multiscales"] = [{
         "version": "0.4", "name": "labels",
-        "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]}]
+        "axes": [{"name": n, "type": "space", **unit} for n in names],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [float(v) for v in (scale or [1.0] * len(shape))]}]}]}]
     root.attrs["image-label"] = {"version": "0.4"}
     return root
 
 
-def write_ome_zarr_labels(path, labels, chunks: int = 1024) -> Path:
-    """Labels as an OME-Zarr label image, written beside the target and renamed into place."""
+def write_ome_zarr_labels(path, labels, chunks: int = 1024, scale=None) -> Path:
+    """Labels ``(Y, X)`` or ``(Z, Y, X)`` as an OME-Zarr label image (voxel size `scale`, um, if
+    known), written beside the target and renamed into place.  Chunks are `chunks` pixels a side
+    in 2-D and 128 voxels a side in 3-D."""
     import zarr
 
     path = Path(path)
+    labels = np.asarray(labels)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    create_ome_zarr_labels(tmp, labels.shape, (min(chunks, labels.shape[0]), min(chunks, labels.shape[1])))
+    side = chunks if labels.ndim == 2 else 128
+    create_ome_zarr_labels(tmp, labels.shape, tuple(min(side, s) for s in labels.shape), scale)
     zarr.open_array(str(tmp / "0"), mode="r+")[:] = labels
     if path.exists():
         shutil.rmtree(path)
