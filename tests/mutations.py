@@ -121,8 +121,8 @@ MUTATIONS = [
      "return (one - wz) * ((one - wy) * a + wy * b) + wz * ((one - wy) * d + wy * e)",
      "return (one - wy) * a + wy * b",
      "tests/test_postprocess.py::test_trilinear_following_matches_an_independent_reference"),
-    ("volume-slice runs scored as 2-D images", "unetflow/evaluate.py",
-     "if volumes or run.config.data.volume_slices:", "if volumes:",
+    ("volume-slice runs scored as 2-D images", "unetflow/run.py",
+     "return bool(self.config.data.volume_slices) or", "return False and",
      "tests/test_volume.py::test_a_2d_model_trains_on_the_slices_of_volumes"),
     ("3-D scores not written where compare reads", "unetflow/evaluate.py",
      "where = dict(volumes=mode, sizing=suffix, tag=tag)", "where = dict(sizing=suffix, tag=tag)",
@@ -134,6 +134,18 @@ MUTATIONS = [
      "tuple(min(side, s) for s in labels.shape), scale)", "tuple(min(side, s) for s in labels.shape), None)",
      "tests/test_formats.py::test_ome_zarr_label_volume_keeps_its_voxel_size "
      "tests/test_volume.py::test_predict_cli_on_a_stack_keeps_the_voxel_size"),
+    ("volume crop flips keep the flow signs", "unetflow/volume.py",
+     "flows[..., axis] *= -1  # a flipped axis", "flows[..., axis] *= 1  # a flipped axis",
+     "tests/test_volume.py::test_volume_crops_transform_the_flow_vectors"),
+    ("volume crop rotations turn the flows the wrong way", "unetflow/volume.py",
+     "dy, dx = -dx, dy", "dy, dx = dx, -dy",
+     "tests/test_volume.py::test_volume_crops_transform_the_flow_vectors"),
+    ("flow3d outputs split in the wrong order", "unetflow/tasks/flow3d.py",
+     "flows_to_channels_first(raw[..., :3]), raw[..., 3]", "flows_to_channels_first(raw[..., 1:]), raw[..., 0]",
+     "tests/test_volume.py::test_flow3d_outputs_round_trip_to_the_labels"),
+    ("flow3d loss for 2-D outputs", "unetflow/tasks/flow3d.py",
+     "loss_config.prob_weight, spatial_dims=3)", "loss_config.prob_weight)",
+     "tests/test_volume.py::test_a_3d_network_trains_on_volumes_and_segments_them"),
 ]
 
 

@@ -8,6 +8,9 @@ from unetflow.metrics import matching
 from unetflow.precompute import TargetParams
 from unetflow.synthetic import synthetic_nuclei
 from unetflow.tasks import TASKS, array_kinds, get_task
+
+#: The tasks of 2-D images; the 3-D flow task is tested on volumes (tests/test_volume.py).
+IMAGE_TASKS = sorted(name for name, task in TASKS.items() if task.spatial_dims == 2)
 from unetflow.distance import DISTANCE_SCALE, labels_to_distance
 
 
@@ -31,7 +34,7 @@ def _ideal_outputs(task, labels):
 
 
 def test_registry_and_unknown_names():
-    assert set(TASKS) == {"boundary", "flow", "distance"}
+    assert set(TASKS) == {"boundary", "flow", "distance", "flow3d"}
     assert get_task("flow") is TASKS["flow"] and get_task(TASKS["flow"]) is TASKS["flow"]
     with pytest.raises(ValueError, match="unknown task 'segment'.*boundary, distance, flow"):
         get_task("segment")
@@ -39,7 +42,7 @@ def test_registry_and_unknown_names():
     assert kinds["flows"] == "vector" and kinds["distance"] == "linear" and kinds["boundary"] == "nearest"
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", IMAGE_TASKS)
 def test_targets_have_the_task_channels_and_labels_come_back(name):
     task, labels = TASKS[name], _labels()
     assert set(task.make_targets(labels, TargetParams())) == set(task.kinds)
@@ -54,7 +57,7 @@ def test_targets_have_the_task_channels_and_labels_come_back(name):
     assert m.f1 > 0.95, (name, m)
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", IMAGE_TASKS)
 def test_unflip_inverts_a_flip_of_the_image(name):
     """The outputs of a flipped image, un-flipped, are the outputs of the image (flows: sign too)."""
     task = TASKS[name]
@@ -106,7 +109,7 @@ def test_head_relu_only_for_the_boundary_task():
             load_config(None, [f"model.task={name}", "model.head_relu=true"])
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", IMAGE_TASKS)
 def test_every_task_trains_predicts_and_tunes(tmp_path, name):
     """A tiny run of each task: the run directory records the model, predict and evaluate work."""
     pytest.importorskip("tensorflow")

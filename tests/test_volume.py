@@ -216,3 +216,98 @@ def test_a_2d_model_trains_on_the_slices_of_volumes(tmp_path):
     report = (tmp_path / "cmp" / "report.md").read_text()
     assert "volumes scored in 3-D" in report and "s per megavoxel" in report
     assert main(["evaluate", str(run), "--split", "val", "--stitch", "0.3"]) == 2  # --stitch needs --3d
+
+
+def test_flow3d_outputs_round_trip_to_the_labels():
+    """``[dz, dy, dx, cellprob]`` outputs made from labels' 3-D flows (x5) give those labels back."""
+    from unetflow.conventions import flows_to_channels_last
+    from unetflow.flows import masks_to_flows
+    from unetflow.metrics import matching
+    from unetflow.tasks import get_task
+
+    truth = _blobs((24, 40, 40), [(12, 12, 12), (12, 12, 25), (10, 30, 28)], radius=7)  # two touching
+    raw = np.concatenate([5 * flows_to_channels_last(masks_to_flows(truth)),
+                          np.where(truth > 0, 10.0, -10.0)[..., None]], -1).astype(np.float32)
+    task = get_task("flow3d")
+    labels = task.to_labels(raw, task.postprocess_class(follow="cellprob"))
+    m = matching(truth, labels, 0.9)
+    assert m.tp == 3 and m.fp == 0, m
+    assert task.channels == 4 and task.spatial_dims == 3
+
+
+def test_volume_crops_transform_the_flow_vectors():
+    """Flips and YX rotations of a volume crop carry the flows with them: the crop's flows point
+    where the flows of the crop's own labels point."""
+    from unetflow.config import AugmentConfig
+    from unetflow.conventions import flows_to_channels_last
+    from unetflow.flows import masks_to_flows
+    from unetflow.volume import sample_volume_crop
+
+    labels = _blobs((32, 32, 32), [(10, 10, 12), (20, 22, 18), (12, 24, 8)], radius=6)
+    arrays = {"image": labels[..., None].astype(np.float32), "flows": flows_to_channels_last(masks_to_flows(labels)),
+              "cellprob": (labels > 0).astype(np.uint8), "labels": labels}
+    config = AugmentConfig(crop_size=32, blur_sigma=0.0, noise_std=0.0, intensity_jitter=0.0, gamma_range=(1.0, 1.0))
+    transformed = 0
+    for seed in range(8):
+        crop = sample_volume_crop(np.random.default_rng(seed), arrays, config)  # the whole volume, transformed
+        transformed += not np.array_equal(crop["labels"], labels)
+        inside = crop["labels"] > 0
+        ref = flows_to_channels_last(masks_to_flows(crop["labels"]))[inside]
+        got = crop["flows"][inside]
+        cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-6)
+        assert np.median(cos) > 0.99 and cos.mean() > 0.9, (seed, np.median(cos), cos.mean())
+        assert np.array_equal(crop["image"][..., 0], crop["labels"].astype(np.float32))  # aligned with the image
+    assert transformed >= 6  # the draws did flip and rotate
+
+
+def test_a_3d_network_builds_and_its_config_is_checked():
+    from unetflow.config import load_config
+    from unetflow.models import build_unet, input_multiple
+
+    model = build_unet(4, 1, depth=3, base_filters=4, spatial_dims=3)
+    assert model.output_shape == (None, None, None, None, 4) and input_multiple(model) == 4
+    assert model(np.zeros((1, 8, 12, 16, 1), np.float32)).shape == (1, 8, 12, 16, 4)
+    config = Path(__file__).resolve().parent.parent / "experiments" / "gonuclear_flow3d.yaml"
+    with pytest.raises(Exception, match="target_diameter must be null for the 3-D task"):
+        load_config(config, ["augment.target_diameter=17"])
+    with pytest.raises(Exception, match="volume_slices trains a 2-D network"):
+        load_config(config, ["data.volume_slices=true"])
+
+
+@pytest.mark.slow
+def test_a_3d_network_trains_on_volumes_and_segments_them(tmp_path):
+    """``model.task: flow3d``: a manifest of volumes trains a 3-D U-Net on cubes; the run segments
+    volumes (refusing the 2-D paths) and evaluate scores it in 3-D."""
+    from unetflow.config import load_config
+    from unetflow.evaluate import evaluate_run
+    from unetflow.io import read_volume, write_volume_labels
+    from unetflow.rundir import read_run
+    from unetflow.train import run_experiment
+    from unetflow.volume import predict_volume
+
+    rng = np.random.default_rng(0)
+    rows = ["image,label,split"]
+    for i in range(2):
+        centres = [(int(z), int(y), int(x)) for z, y, x in rng.integers([6, 8, 8], [18, 40, 40], size=(4, 3))]
+        labels = _blobs((24, 48, 48), centres, radius=5)[::2]
+        volume = np.where(labels > 0, 200, 20) + rng.integers(0, 10, labels.shape)
+        for kind, arr in (("images", volume.astype(np.uint16)), ("labels", labels.astype(np.uint16))):
+            write_volume_labels(tmp_path / "data" / kind / f"v{i}.tif", arr, (0.5, 0.25, 0.25))
+        rows.append(f"images/v{i}.tif,labels/v{i}.tif,{['train', 'val'][i]}")
+    (tmp_path / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    config = load_config(Path(__file__).resolve().parent.parent / "experiments" / "gonuclear_flow3d.yaml", [
+        "data.manifest=" + str(tmp_path / "data" / "manifest.csv"), "train.epochs=1", "train.steps_per_epoch=2",
+        "train.val_crops=2", "model.base_filters=4", "model.depth=2", "augment.crop_size=16", "train.batch_size=2",
+        "data.cache=" + str(tmp_path / "cache")])
+    run = run_experiment(config, run_dir=tmp_path / "run", progress=False)
+    _, meta, state = read_run(run)
+    assert state["status"] == "finished" and meta["train_median_diameter"] > 0
+    volume, voxel = read_volume(tmp_path / "data" / "images" / "v1.tif")
+    labels, info = predict_volume(run, volume, anisotropy=voxel[0] / voxel[1])
+    assert labels.shape == volume.shape and info["postprocess"]["flow_threshold"] == 0.0
+    with pytest.raises(ValueError, match="3-D network: it segments volumes in mode '3d' only"):
+        predict_volume(run, volume, mode="stitch")
+    with pytest.raises(ValueError, match="a 3-D run takes the stack at its own scale"):
+        predict_volume(run, volume, diameter="auto")
+    summary = evaluate_run(run, "val", progress=False)
+    assert summary["volumes"] == "3d" and summary["task"] == "flow3d" and summary["n_images"] == 1

@@ -231,11 +231,12 @@ def base_zoom(diameter: float, config: AugmentConfig) -> float:
 
 
 def augment_appearance(rng: np.random.Generator, image: np.ndarray, config: AugmentConfig) -> np.ndarray:
-    """Blur, gamma, brightness jitter and noise of a normalised ``(H, W, C)`` crop (in that order)."""
+    """Blur, gamma, brightness jitter and noise of a normalised ``(H, W, C)`` (or ``(Z, Y, X, C)``)
+    crop (in that order)."""
     img = image.astype(np.float32)
     if config.blur_sigma:
         sigma = rng.uniform(0, config.blur_sigma)
-        img = ndimage.gaussian_filter(img, (sigma, sigma, 0))
+        img = ndimage.gaussian_filter(img, (sigma,) * (img.ndim - 1) + (0,))
     lo, hi = config.gamma_range
     if hi > lo or lo != 1.0:
         # on the magnitude, keeping the sign: normalised images dip slightly below 0

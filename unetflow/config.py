@@ -237,6 +237,15 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessSection = field(default_factory=PostprocessSection)
 
+    def __post_init__(self):
+        if get_task(self.model.task).spatial_dims == 3:
+            if self.augment.target_diameter:
+                raise ValueError(f"augment.target_diameter must be null for the 3-D task {self.model.task!r}: volumes "
+                                 "are trained and segmented at their own scale, resampled to isotropic voxels")
+            if self.data.volume_slices:
+                raise ValueError(f"data.volume_slices trains a 2-D network on slices; model.task {self.model.task!r} "
+                                 "trains on the volumes themselves")
+
 
 def _build(cls, values, where: str, source):
     """Instantiate dataclass `cls` from a dict, recursing into nested dataclasses.  The problems

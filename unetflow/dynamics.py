@@ -29,7 +29,7 @@ from .conventions import FLOW_SCALE
 from .flows import next_row, bounding_boxes, masks_to_flows
 from .validation import OptionsMixin, check_flows, check_labels
 
-__all__ = ["follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_bad_flow_masks",
+__all__ = ["FLOW_3D_OPTIONS", "follow_flows", "get_masks", "compute_masks", "flow_errors", "remove_bad_flow_masks",
            "fill_holes_and_remove_small_masks", "masks_before_checks", "finish_masks", "PostprocessConfig"]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,14 @@ logger = logging.getLogger(__name__)
 MOVE_THRESHOLD = 1e-3
 #: Size of the max filter that finds histogram peaks (Cellpose 2020's 5).
 PEAK_FILTER_SIZE = 5
+
+
+#: How masks are made from flows in 3-D.  Nearest-neighbour steps: on Cellpose's 3-D flows (sums of
+#: the slices' 2-D flows) trilinear steps settle on two points in large objects and split them
+#: (``benchmarks/bench_roundtrip.py --data`` gonuclear labels: AP@0.9 0.775 against 0.893).  No flow
+#: check: the check recomputes 2-D flows, and a volume's flows are not those (Cellpose skips it in
+#: 3-D too).
+FLOW_3D_OPTIONS = {"interp": False, "flow_threshold": 0.0}
 
 
 def _moving(dy) -> np.ndarray:

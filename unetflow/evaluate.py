@@ -240,7 +240,8 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     """Evaluate a run on a split (tuning thresholds on "val" first, unless already tuned or `tune` is False).
 
     `volumes` (``"3d"`` or ``"stitch"``) scores a manifest of ``(Z, Y, X)`` volumes in 3-D with
-    :func:`evaluate_volumes`; a run trained on the slices of volumes always is.
+    :func:`evaluate_volumes`; a run trained on volumes (:attr:`unetflow.run.Run.trained_on_volumes`)
+    always is.
 
     `diameter`: how each image is sized (:mod:`unetflow.sizing`): ``"auto"`` estimates each image's
     object size and zooms it to the training size (reporting the estimates' error against the
@@ -258,7 +259,7 @@ def evaluate_run(run_dir, split: str = "test", *, manifest=None, data_root=None,
     ..., so the plain evaluation that ``compare`` reads is kept).
     """
     run = load_run(run_dir, precision=precision)
-    if volumes or run.config.data.volume_slices:
+    if volumes or run.trained_on_volumes:
         if tta:
             raise ValueError("tta applies to 2-D images; volumes are already predicted from three views")
         return evaluate_volumes(run, split, manifest=manifest, data_root=data_root, diameter=diameter,

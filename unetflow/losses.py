@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from .conventions import BBBC_CLASS_WEIGHTS, BOUNDARY, CELLPROB, CELLPROB_TARGET_THRESHOLD, FLOW_SCALE
+from .conventions import BBBC_CLASS_WEIGHTS, BOUNDARY, CELLPROB_TARGET_THRESHOLD, FLOW_SCALE
 
 __all__ = ["flow_loss", "regression_cellprob_loss", "weighted_categorical_crossentropy", "FlowLoss", "DistanceLoss",
            "WeightedCategoricalCrossentropy",
@@ -41,10 +41,12 @@ def regression_cellprob_loss(y_true, y_pred, scale: float, regression_weight: fl
     return regression_weight * 0.5 * err + prob_weight * _bce_with_logits(y_pred[..., -1], target)
 
 
-def flow_loss(y_true, y_pred, flow_weight: float = 1.0, prob_weight: float = 1.0):
-    """Per-pixel Cellpose loss, shape ``(..., H, W)``; its mean is the loss of the batch."""
-    if y_pred.shape[-1] is not None and y_pred.shape[-1] != CELLPROB + 1:
-        raise ValueError(f"the flow loss needs outputs [dy, dx, cellprob], got {y_pred.shape[-1]} channels")
+def flow_loss(y_true, y_pred, flow_weight: float = 1.0, prob_weight: float = 1.0, spatial_dims: int = 2):
+    """Per-pixel Cellpose loss, shape ``(..., H, W)``; its mean is the loss of the batch.  Outputs
+    are ``[dy, dx, cellprob]``, or ``[dz, dy, dx, cellprob]`` with ``spatial_dims=3``."""
+    if y_pred.shape[-1] is not None and y_pred.shape[-1] != spatial_dims + 1:
+        names = "[dy, dx, cellprob]" if spatial_dims == 2 else "[dz, dy, dx, cellprob]"
+        raise ValueError(f"the flow loss needs outputs {names}, got {y_pred.shape[-1]} channels")
     return regression_cellprob_loss(y_true, y_pred, FLOW_SCALE, flow_weight, prob_weight)
 
 
@@ -79,16 +81,19 @@ class FlowLoss(keras.losses.Loss):
     0.6931
     """
 
-    def __init__(self, flow_weight: float = 1.0, prob_weight: float = 1.0, name: str = "flow_loss", **kwargs):
+    def __init__(self, flow_weight: float = 1.0, prob_weight: float = 1.0, name: str = "flow_loss",
+                 spatial_dims: int = 2, **kwargs):
         super().__init__(name=name, **kwargs)
         self.flow_weight = float(flow_weight)
         self.prob_weight = float(prob_weight)
+        self.spatial_dims = int(spatial_dims)
 
     def call(self, y_true, y_pred):
-        return flow_loss(y_true, y_pred, self.flow_weight, self.prob_weight)
+        return flow_loss(y_true, y_pred, self.flow_weight, self.prob_weight, self.spatial_dims)
 
     def get_config(self):
-        return {**super().get_config(), "flow_weight": self.flow_weight, "prob_weight": self.prob_weight}
+        return {**super().get_config(), "flow_weight": self.flow_weight, "prob_weight": self.prob_weight,
+                "spatial_dims": self.spatial_dims}
 
 
 @keras.saving.register_keras_serializable(package="unetflow")

@@ -25,15 +25,21 @@ def input_multiple(model) -> int:
     :class:`unetflow.rundir.RunDir`; this reads it from a bare Keras model)."""
     stride = 1
     for layer in model.layers:
-        if isinstance(layer, layers.MaxPooling2D):
+        if isinstance(layer, (layers.MaxPooling2D, layers.MaxPooling3D)):
             stride *= int(layer.strides[0])
     return stride
 
 
-def _conv_block(x, filters, name, batch_norm, dropout):
+#: The layers of a 2-D and of a 3-D U-Net: convolution, pooling, upsampling.
+_LAYERS = {2: (layers.Conv2D, layers.MaxPooling2D, layers.UpSampling2D),
+           3: (layers.Conv3D, layers.MaxPooling3D, layers.UpSampling3D)}
+
+
+def _conv_block(x, filters, name, batch_norm, dropout, spatial_dims=2):
     # BBBC: conv 3x3 + ReLU, then batch norm (momentum 0.9), twice
+    conv = _LAYERS[spatial_dims][0]
     for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"{name}_conv{i}")(x)
+        x = conv(filters, 3, padding="same", activation="relu", name=f"{name}_conv{i}")(x)
         if batch_norm:
             x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
     if dropout:
@@ -46,35 +52,42 @@ def _conv_block(x, filters, name, batch_norm, dropout):
 FIRST_CONV = "down0_conv1"
 
 
-def unet_backbone(inputs, depth: int = 4, base_filters: int = 64, batch_norm: bool = True, dropout: float = 0.0):
+def unet_backbone(inputs, depth: int = 4, base_filters: int = 64, batch_norm: bool = True, dropout: float = 0.0,
+                  spatial_dims: int = 2):
     """The BBBC U-Net body: ``depth`` levels of two 3x3 convolutions, filters doubling per level,
-    max pooling down, UpSampling2D + concatenated skips up.  Returns the top-level feature map."""
+    max pooling down, upsampling + concatenated skips up.  Returns the top-level feature map.
+    ``spatial_dims=3`` builds the same network of 3x3x3 convolutions for volumes."""
+    _, pool, upsample = _LAYERS[spatial_dims]
     skips = []
     x = inputs
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2 ** level, f"down{level}", batch_norm, dropout if level == depth - 1 else 0)
+        x = _conv_block(x, base_filters * 2 ** level, f"down{level}", batch_norm, dropout if level == depth - 1 else 0,
+                        spatial_dims)
         if level < depth - 1:
             skips.append(x)
-            x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)
+            x = pool(2, name=f"down{level}_pool")(x)
     for level in range(depth - 2, -1, -1):
-        x = layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
+        x = upsample(2, name=f"up{level}_upsample")(x)
         x = layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
-        x = _conv_block(x, base_filters * 2 ** level, f"up{level}", batch_norm, 0)
+        x = _conv_block(x, base_filters * 2 ** level, f"up{level}", batch_norm, 0, spatial_dims)
     return x
 
 
 def build_unet(out_channels: int, input_channels: int = 1, depth: int = 4, base_filters: int = 64,
                batch_norm: bool = True, dropout: float = 0.0, head_activation: str | None = None,
-               head_name: str = "head", name: str = "unet") -> keras.Model:
+               head_name: str = "head", name: str = "unet", spatial_dims: int = 2) -> keras.Model:
     """The backbone with a 1x1 convolution head of `out_channels` (every task's model).
 
-    The head is float32, so outputs stay full precision under mixed precision.  Other arguments
-    as :func:`build_boundary_unet`.
+    The head is float32, so outputs stay full precision under mixed precision.  `spatial_dims` 3
+    takes ``(Z, Y, X, C)`` volumes (3x3x3 convolutions).  Other arguments as :func:`build_boundary_unet`.
     """
     check_architecture(depth, base_filters, dropout, input_channels)
-    inputs = keras.Input(shape=(None, None, int(input_channels)), name="image")
-    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout)
-    out = layers.Conv2D(int(out_channels), 1, activation=head_activation, dtype="float32", name=head_name)(x)
+    if spatial_dims not in _LAYERS:
+        raise ValueError(f"`spatial_dims` must be 2 or 3, got {spatial_dims!r}")
+    inputs = keras.Input(shape=(None,) * spatial_dims + (int(input_channels),), name="image")
+    x = unet_backbone(inputs, depth, base_filters, batch_norm, dropout, spatial_dims)
+    conv = _LAYERS[spatial_dims][0]
+    out = conv(int(out_channels), 1, activation=head_activation, dtype="float32", name=head_name)(x)
     return keras.Model(inputs, out, name=name)
 
 

@@ -94,6 +94,11 @@ def _crops_fn(data: TrainingData, task, config: AugmentConfig, seed: int, augmen
         rng = np.random.default_rng([seed, int(i)])
         item = data.items[rng.integers(len(data))]
         arrays = {k: item[k] for k in ("image", *task.kinds)}
+        if task.spatial_dims == 3:
+            from .volume import sample_volume_crop
+
+            crop = sample_volume_crop(rng, arrays, config, augment)
+            return crop["image"].astype(np.float32), task.target(crop)
         zoom = base_zoom(item["diameter"], config)
         if augment:
             crop = sample_crop(rng, arrays, config, zoom)
@@ -108,7 +113,8 @@ def _crops_fn(data: TrainingData, task, config: AugmentConfig, seed: int, augmen
 def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentConfig(), *, batch_size: int = 8,
                  seed: int = 0, augment: bool = True, n_samples: int | None = None, start: int = 0,
                  shard: tuple = (0, 1)):
-    """A batched ``tf.data.Dataset`` of ``(image, target)`` training crops.
+    """A batched ``tf.data.Dataset`` of ``(image, target)`` training crops (cubes of volumes for a
+    3-D task, :func:`unetflow.volume.sample_volume_crop`).
 
     Parameters
     ----------
@@ -140,8 +146,8 @@ def make_dataset(data: TrainingData, task: str, config: AugmentConfig = AugmentC
 
     def load(i):
         image, target = tf.numpy_function(make, [i], (tf.float32, tf.float32), stateful=False)
-        image.set_shape((size, size, channels))
-        target.set_shape((size, size, task.channels))
+        image.set_shape((size,) * task.spatial_dims + (channels,))
+        target.set_shape((size,) * task.spatial_dims + (task.channels,))
         return image, target
 
     idx = tf.data.Dataset.range(start, n_samples if n_samples is not None else 2 ** 62)

@@ -32,6 +32,14 @@ class Run:
         return self.config.model.task
 
     @property
+    def trained_on_volumes(self) -> bool:
+        """Whether the run learnt from annotated volumes (a 3-D network, or a 2-D one on their
+        slices): it is scored on volumes, in 3-D."""
+        from .tasks import get_task
+
+        return bool(self.config.data.volume_slices) or get_task(self.task).spatial_dims == 3
+
+    @property
     def dir(self) -> RunDir:
         return RunDir(self.path)
 

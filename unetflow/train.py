@@ -448,13 +448,15 @@ def _load_data(config: ExperimentConfig, data: RunData, progress: bool):
     """The train and val images with their cached targets."""
     from .pipeline import load_training_data
     from .precompute import TargetCache, TargetParams, cache_env_default
-    from .volume import load_volume_training_data
+    from .volume import load_volume_crops_data, load_volume_training_data
 
     cache = TargetCache(config.data.cache or cache_env_default(), TargetParams())
     out = []
     for split in ("train", "val"):
         images, labels, names = data.splits[split]
-        if config.data.volume_slices:
+        if get_task(config.model.task).spatial_dims == 3:
+            out.append(load_volume_crops_data(images, labels, config.input, names, progress))
+        elif config.data.volume_slices:
             out.append(load_volume_training_data(images, labels, config.input, names, progress))
         else:
             out.append(load_training_data(images, labels, cache, config.input, names, progress))

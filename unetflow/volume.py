@@ -1,4 +1,4 @@
-"""Volumes ``(Z, Y, X)``: 3-D instances from a 2-D network, in Cellpose's two ways.
+"""Volumes ``(Z, Y, X)``: 3-D instances from a 2-D network in Cellpose's two ways, or from a 3-D network.
 
 ``mode="3d"`` (Cellpose's ``do_3D``; Stringer et al., Nature Methods 18:100-106, 2021): the volume is
 resampled to isotropic voxels (z zoomed by the anisotropy) and to the object size the network
@@ -11,6 +11,11 @@ the average of all three; the flows are followed and the masks built in 3-D
 mask takes the id of the previous slice's mask it overlaps with IoU >= `stitch_threshold` (one to
 one, best IoU first), else a new id.  An empty slice ends every object that reaches it.
 
+A 3-D network (task ``flow3d``, :mod:`unetflow.tasks.flow3d`) sees the volume resampled to
+isotropic voxels in one call and outputs ``[dz, dy, dx, cellprob]``, followed in 3-D the same way.
+It learns from cubes of annotated volumes (:func:`load_volume_crops_data`,
+:func:`sample_volume_crop`).
+
 The whole volume is held in memory (resampled, and the three views' outputs): volumes much larger
 than a few hundred voxels a side need block-wise prediction, which this module does not do.
 """
@@ -19,9 +24,10 @@ from __future__ import annotations
 import numpy as np
 
 from .sizing import resolve_size
+from .tasks import get_task
 
-__all__ = ["predict_volume", "combine_views", "stitch_slices", "volume_slices", "load_volume_training_data",
-           "VOLUME_MODES"]
+__all__ = ["predict_volume", "predict_volume_raw", "combine_views", "stitch_slices", "volume_slices",
+           "load_volume_training_data", "load_volume_crops_data", "sample_volume_crop", "VOLUME_MODES"]
 
 VOLUME_MODES = ("3d", "stitch")
 
@@ -132,9 +138,19 @@ def _resize_labels(labels, shape):
     return labels[np.ix_(*idx)]
 
 
+def predict_volume_raw(model, volume, input_multiple: int) -> np.ndarray:
+    """Outputs ``(Z, Y, X, channels)`` of a 3-D network on a prepared volume ``(Z, Y, X, C)``, in one
+    call: the volume is padded (reflected) to multiples of `input_multiple` and the padding cut off."""
+    shape = volume.shape[:3]
+    pad = [(0, -n % input_multiple) for n in shape] + [(0, 0)]
+    x = np.pad(volume, pad, mode="reflect" if min(shape) > 1 else "edge")
+    out = model.predict_on_batch(x[None].astype(np.float32))
+    return np.asarray(out)[0, :shape[0], :shape[1], :shape[2]]
+
+
 def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=None, mode: str = "3d",
                    stitch_threshold: float = 0.25, tile_size=None, batch_size: int = 8, **postprocess):
-    """Segment a volume with a 2-D run.
+    """Segment a volume with a 2-D run (either mode) or a 3-D one (``"3d"``).
 
     Parameters
     ----------
@@ -149,7 +165,7 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         (``"auto"``: the median estimate over five YX slices of the middle of the stack).  None: the
         run's own choice.
     mode : {"3d", "stitch"}
-        See the module's documentation.  ``"3d"`` needs a flow run.
+        See the module's documentation.  ``"3d"`` needs a flow run (2-D or 3-D); a 3-D run has no other mode.
     stitch_threshold : float
         IoU that joins masks of consecutive slices (``"stitch"``).
     **postprocess
@@ -176,9 +192,15 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     aniso = 1.0 if anisotropy is None else float(anisotropy)
     if not np.isfinite(aniso) or aniso <= 0:
         raise ValueError(f"`anisotropy` must be a positive number (z voxel size / y-x voxel size), got {anisotropy!r}")
-    if mode == "3d" and not run.task == "flow":
+    native = get_task(run.task).spatial_dims == 3
+    if mode == "3d" and run.task not in ("flow", "flow3d"):
         raise ValueError(f"mode '3d' follows flows in 3-D and needs a flow run; {run.path} is a {run.task} run "
                          "(use mode 'stitch')")
+    if native and mode != "3d":
+        raise ValueError(f"{run.path} is a 3-D network: it segments volumes in mode '3d' only")
+    if native and diameter == "auto":
+        raise ValueError("`diameter` 'auto' searches sizes with a 2-D network; a 3-D run takes the stack at "
+                         "its own scale ('native', its default) or a diameter in y / x pixels")
     tile_size = tile_size or DEFAULT_TILE
     diameter = run.sizing(diameter)
     pp = run.postprocess_config(**postprocess)
@@ -211,19 +233,17 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         labels = stitch_slices(_resize_labels(masks, volume.shape[:3]), stitch_threshold)
         return labels, info
     v = _zoom(volume, (aniso * f, f, f), order=1)  # isotropic voxels at the training object size
+    from .dynamics import FLOW_3D_OPTIONS, compute_masks
+
+    pp = pp.with_overrides(**FLOW_3D_OPTIONS)
+    info["postprocess"] = vars(pp)
+    if native:
+        raw = predict_volume_raw(run.model, np.stack([prepared(s) for s in v]), run.input_multiple)
+        return _resize_labels(get_task(run.task).to_labels(raw, pp), volume.shape[:3]), info
     yx = outputs(list(v))
     zy = outputs([v[:, :, x] for x in range(v.shape[2])])
     zx = outputs([v[:, y] for y in range(v.shape[1])])
     dP, cellprob = combine_views(yx, zy, zx)
-    from .dynamics import compute_masks
-
-    # nearest-neighbour steps: on flows made of 2-D views, trilinear steps settle on two points in
-    # large objects and split them (benchmarks/bench_roundtrip.py on gonuclear labels: AP@0.9 0.775
-    # against 0.893).  No flow check: the combined views are not the 3-D heat flows of the masks
-    # (each view's flows are unit vectors in its own plane), so the check would reject good masks;
-    # Cellpose skips it in 3-D too
-    pp = pp.with_overrides(interp=False, flow_threshold=0.0)
-    info["postprocess"] = vars(pp)
     masks = compute_masks(dP, cellprob, pp)
     return _resize_labels(masks, volume.shape[:3]), info
 
@@ -275,3 +295,91 @@ def load_volume_training_data(images, label_paths, input_config, names=None, pro
             items.append(training_item(prepare_image(image, input_config, stats), targets, kinds))
             item_names.append(f"{name}:{k}")
     return TrainingData(items, item_names)
+
+
+def load_volume_crops_data(images, label_paths, input_config, names=None, progress: bool = True):
+    """:class:`unetflow.pipeline.TrainingData` of whole annotated volumes, for a 3-D network (task ``flow3d``).
+
+    Each volume is normalised as a whole and resampled to isotropic voxels (z zoomed by the
+    anisotropy of its file's voxel size, as at prediction; isotropic, with a warning, when the file
+    does not say); its 3-D flows are computed here from the resampled labels (a resampled volume is
+    not a file the cache could key).  An item's ``diameter`` is the median y / x diameter of its
+    objects (:func:`unetflow.flows.diameters` over the YX slices), the size prediction compares with.
+    """
+    import logging
+
+    from .flows import diameters
+    from .io import read_labels, read_volume
+    from .pipeline import TrainingData, training_item
+    from .preprocess import input_stats, prepare_image
+    from .progress import progress_bar
+    from .validation import relabel_sequential
+
+    task, items = get_task("flow3d"), []
+    names = list(names) if names is not None else [str(p) for p in images]
+    for img, lab in progress_bar(list(zip(images, label_paths)), desc="load volumes", unit="volume",
+                                 enabled=progress):
+        volume, voxel = read_volume(img)
+        labels = read_labels(lab, ndim=3)
+        if labels.shape != volume.shape[:3]:
+            raise ValueError(f"{lab}: label volume shape {labels.shape} differs from image {img} shape {volume.shape[:3]}")
+        if voxel is None:
+            logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
+        aniso = voxel[0] / voxel[1] if voxel else 1.0
+        stats = input_stats(volume.reshape(-1, *volume.shape[2:]), input_config)
+        image = _zoom(np.stack([prepare_image(s, input_config, stats) for s in volume]), (aniso, 1.0, 1.0), order=1)
+        image = image[..., None] if image.ndim == 3 else image
+        labels = relabel_sequential(_zoom(labels, (aniso, 1.0, 1.0), order=0)).astype(np.int32)
+        item = training_item(image.astype(np.float32), {"labels": labels, **task.make_targets(labels, None)})
+        item["diameter"] = diameters(np.concatenate(list(labels), axis=1))  # the YX sections, side by side
+        items.append(item)
+    return TrainingData(items, names)
+
+
+def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
+    """One random training crop ``crop_size`` voxels a side of a volume item and its 3-D flows.
+
+    The crop is placed on an object voxel where one is found in ``object_crop_tries`` draws (a
+    volume is mostly background).  With `augment`: a flip of each axis (negating the flow component
+    along it), a rotation by a multiple of 90 degrees in the YX plane (rotating ``(dy, dx)`` with
+    it), and the 2-D pipeline's appearance changes (:func:`unetflow.augment.augment_appearance`).
+    No scaling or free rotation: both would resample across the anisotropy the volume was
+    corrected for.  Volumes smaller than the crop are padded (image reflected, targets zero).
+    """
+    from .augment import augment_appearance
+
+    size = config.crop_size
+    shape = arrays["image"].shape[:3]
+    pad = [(0, max(0, size - n)) for n in shape]
+    if any(p for _, p in pad):
+        arrays = {k: np.pad(a, pad + [(0, 0)] * (a.ndim - 3), mode="reflect" if k == "image" else "constant")
+                  for k, a in arrays.items()}
+        shape = arrays["image"].shape[:3]
+    inside = np.argwhere(arrays["cellprob"] > 0) if config.object_crop_tries else np.empty((0, 3))
+    if len(inside):
+        centre = inside[rng.integers(len(inside))]
+        start = [int(np.clip(c - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, n - size))
+                 for c, n in zip(centre, shape)]
+    else:
+        start = [int(rng.integers(0, n - size + 1)) for n in shape]
+    window = tuple(slice(s, s + size) for s in start)
+    crop = {k: np.array(a[window]) for k, a in arrays.items()}
+    if not augment:
+        return crop
+    flows = crop["flows"]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            crop = {k: np.flip(a, axis) for k, a in crop.items()}
+            flows = crop["flows"]
+            flows[..., axis] *= -1  # a flipped axis reverses the flow component along it
+    k = int(rng.integers(4)) if config.rot90 else 0
+    if k:
+        crop = {key: np.rot90(a, k, axes=(1, 2)) for key, a in crop.items()}
+        flows = crop["flows"]
+        dy, dx = flows[..., 1].copy(), flows[..., 2].copy()
+        for _ in range(k):  # np.rot90 moves (y, x) to (W - 1 - x, y): a vector (dy, dx) becomes (-dx, dy)
+            dy, dx = -dx, dy
+        flows[..., 1], flows[..., 2] = dy, dx
+    crop = {key: np.ascontiguousarray(a) for key, a in crop.items()}
+    crop["image"] = augment_appearance(rng, crop["image"], config)
+    return crop

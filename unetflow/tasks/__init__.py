@@ -1,7 +1,7 @@
 """The label representations a U-Net can be trained for, one module each, and their registry.
 
 >>> sorted(TASKS)
-['boundary', 'distance', 'flow']
+['boundary', 'distance', 'flow', 'flow3d']
 >>> get_task("flow").channels
 3
 
@@ -17,11 +17,12 @@ from .base import Task
 from .boundary import BoundaryTask
 from .distance import DistanceTask
 from .flow import FlowTask
+from .flow3d import Flow3DTask
 
 __all__ = ["Task", "TASKS", "get_task", "array_kinds"]
 
 #: name -> task, for every representation.
-TASKS = {t.name: t for t in (BoundaryTask(), FlowTask(), DistanceTask())}
+TASKS = {t.name: t for t in (BoundaryTask(), FlowTask(), DistanceTask(), Flow3DTask())}
 
 
 def get_task(name) -> Task:

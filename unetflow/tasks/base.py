@@ -22,6 +22,8 @@ class Task:
     ----------
     name : str
         The ``model.task`` value of configs and the key of :data:`unetflow.tasks.TASKS`.
+    spatial_dims : int
+        2 for a network of images, 3 for one of volumes (trained on 3-D crops of annotated volumes).
     channels : int
         Channels of the target and of the network's output: one per name in ``channel_names``.
     kinds : dict
@@ -47,6 +49,7 @@ class Task:
     """
 
     name = ""
+    spatial_dims = 2
     kinds: dict = {}
     version = "1"
     postprocess_class: type = None
