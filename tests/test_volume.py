@@ -311,3 +311,6 @@ def test_a_3d_network_trains_on_volumes_and_segments_them(tmp_path):
         predict_volume(run, volume, diameter="auto")
     summary = evaluate_run(run, "val", progress=False)
     assert summary["volumes"] == "3d" and summary["task"] == "flow3d" and summary["n_images"] == 1
+    from unetflow.predict import predict_instances
+    with pytest.raises(ValueError, match="is a 3-D network .flow3d.: it segments .Z, Y, X. volumes"):
+        predict_instances(run, volume[0])  # a 2-D image

@@ -79,6 +79,7 @@ def _predict(args) -> int:
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())
     if args.three_d:
         return _predict_volumes(run, images, out, args, diameter, overrides)
+    run.require_images()
     from .progress import progress_bar
     failed = []
     results = segment_images(run, images, tile_size=args.tile_size, tta=args.tta, diameter=diameter, **overrides)

@@ -180,6 +180,7 @@ def export_bioimageio(run_dir, out, *, name: str | None = None, authors=("unetfl
     if out.suffix != ".zip":
         raise ValueError(f"--out {out}: a bioimage.io package is a .zip file")
     run = load_run(run_dir, precision="float32")
+    run.require_images()  # a package of a 3-D network would need 3-D axes and test volumes
     task = get_task(run.task)
     params = run.params
     m = int(params["input_multiple"])

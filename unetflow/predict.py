@@ -98,6 +98,7 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     if run is None and isinstance(model_or_run, (str, Path)):
         run = load_run(model_or_run)
     if run is not None:
+        run.require_images()
         model, task, input_config, multiple = run.model, run.task, run.config.input, run.input_multiple
         diameter = run.sizing(diameter)
         train_diameter = train_diameter or run.train_diameter
@@ -140,6 +141,7 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
 
     from .io import read_ahead, read_image
 
+    run.require_images()
     diameter = run.sizing(diameter)
     pp = run.postprocess_config(**postprocess)
     started, failed = deque(), deque()  # (path, diameter) of the images in the network; errors to report

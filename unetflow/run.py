@@ -39,6 +39,14 @@ class Run:
 
         return bool(self.config.data.volume_slices) or get_task(self.task).spatial_dims == 3
 
+    def require_images(self) -> None:
+        """Raise unless the run segments 2-D images (a 3-D network takes volumes only)."""
+        from .tasks import get_task
+
+        if get_task(self.task).spatial_dims == 3:
+            raise ValueError(f"{self.path} is a 3-D network ({self.task}): it segments (Z, Y, X) volumes, with "
+                             "unetflow.volume.predict_volume or `unetflow predict RUN STACK.tif --3d`")
+
     @property
     def dir(self) -> RunDir:
         return RunDir(self.path)
