@@ -29,7 +29,11 @@ def test_the_runs_own_choice_and_one_error_without_a_training_size():
     assert choose_sizing(30, native, 17, "run") == 30.0
     for wanted in ("auto", 30):  # a zoom needs the training size: the error names the run and the way out
         with pytest.raises(ValueError, match="old_run .*training object size is unknown.*use diameter 'native'"):
-            choose_sizing(wanted, native, None, "old_run")
+            choose_sizing(wanted, native, None, "old_run (meta.json has no train_median_diameter)")
+    # a bare network has no config: it is sized natively unless told otherwise
+    assert choose_sizing(None, None, None, "a bare model", default="native") == "native"
+    with pytest.raises(ValueError, match="a bare model: the training object size is unknown"):
+        choose_sizing("auto", None, None, "a bare model", default="native")
     assert zoom_factor(17, 34.0) == 0.5 and zoom_factor(17, "native") == 1.0 and zoom_factor(None, None) == 1.0
 
 

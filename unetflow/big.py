@@ -203,7 +203,7 @@ def predict_big(run_dir, source, out, *, block_size: int = 2048, diameter=None, 
     # the main process reads only the run's files: TensorFlow runs in the workers alone
     config, meta, _ = read_run(run_dir)
     train_d = meta.get("train_median_diameter")
-    diameter = choose_sizing(diameter, config, train_d, run_dir)
+    diameter = choose_sizing(diameter, config, train_d, f"{run_dir} (meta.json has no train_median_diameter)")
     stats, window = sample_stats(array, config.input)
     cluster = None if scheduler else LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
                                                   dashboard_address=None)

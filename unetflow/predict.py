@@ -18,7 +18,7 @@ import numpy as np
 from .conventions import DEFAULT_TILE
 from .preprocess import prepare_image
 from .run import Run, load_run
-from .sizing import check_diameter, require_train_diameter, resolve_size
+from .sizing import choose_sizing, resolve_size
 from .tasks import get_task
 from .tiling import check_tile_size, predict_raw, predict_raw_many, predict_rescaled, tile_layout  # noqa: F401
 
@@ -108,10 +108,8 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         model, multiple = model_or_run, None
         if task not in TASKS:
             raise ValueError(f"with a bare Keras model, give `task`, one of {sorted(TASKS)}; got {task!r}")
-        diameter = check_diameter(diameter)
-        diameter = "native" if diameter is None else diameter
-        if diameter != "native":
-            require_train_diameter(train_diameter, "a bare Keras model without `train_diameter`")
+        diameter = choose_sizing(diameter, None, train_diameter, "a bare Keras model without `train_diameter`",
+                                 default="native")
         pp = get_task(task).postprocess_class().with_overrides(**postprocess)
     x = prepare_image(image, input_config, input_stats) if input_config is not None else np.asarray(image, np.float32)
     x = _network_input(x, model)

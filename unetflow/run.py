@@ -69,7 +69,8 @@ class Run:
     def sizing(self, diameter=None, words=("auto", "native")):
         """`diameter` in the vocabulary of :mod:`unetflow.sizing`, checked, None replaced by the run's
         own choice (:func:`unetflow.sizing.choose_sizing`)."""
-        return choose_sizing(diameter, self.config, self.train_diameter, self.path, words)
+        return choose_sizing(diameter, self.config, self.train_diameter,
+                             f"{self.path} (meta.json has no train_median_diameter)", words)
 
     def postprocess_config(self, **overrides):
         """The run's post-processing config: config, then tuned thresholds, then `overrides`."""

@@ -55,13 +55,15 @@ def default_sizing(config) -> str:
     return "auto" if config.augment.target_diameter else "native"
 
 
-def choose_sizing(diameter, config, train_diameter, where, words=("auto", "native")):
-    """`diameter` checked, None replaced by the run's own choice (:func:`default_sizing`); anything
-    but ``"native"`` needs the run's training size (`where` names the run in the error)."""
+def choose_sizing(diameter, config, train_diameter, where, words=("auto", "native"), default=None):
+    """`diameter` checked, None replaced by `default` (None: the run's own choice,
+    :func:`default_sizing` of `config`); anything but ``"native"`` needs the training size
+    (`where` names the model in the error)."""
     diameter = check_diameter(diameter, words=words)
-    diameter = default_sizing(config) if diameter is None else diameter
+    if diameter is None:
+        diameter = default or default_sizing(config)
     if diameter != "native":
-        require_train_diameter(train_diameter, f"{where} (meta.json has no train_median_diameter)")
+        require_train_diameter(train_diameter, where)
     return diameter
 
 
