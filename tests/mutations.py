@@ -144,8 +144,16 @@ MUTATIONS = [
      "flows_to_channels_first(raw[..., :3]), raw[..., 3]", "flows_to_channels_first(raw[..., 1:]), raw[..., 0]",
      "tests/test_volume.py::test_flow3d_outputs_round_trip_to_the_labels"),
     ("flow3d loss for 2-D outputs", "unetflow/tasks/flow3d.py",
-     "loss_config.prob_weight, spatial_dims=3)", "loss_config.prob_weight)",
+     "options.prob_weight, spatial_dims=3)", "options.prob_weight)",
      "tests/test_volume.py::test_a_3d_network_trains_on_volumes_and_segments_them"),
+    ("flat loss options of saved runs dropped", "unetflow/config.py",
+     "                        own.setdefault(k, v)", "                        pass",
+     "tests/test_config.py::test_configs_with_flat_loss_and_head_options_still_load"),
+    ("head options of another task accepted", "unetflow/config.py",
+     "if name != self.task and task.head_class is not None and getattr(self, name) != task.head_class():",
+     "if False:",
+     "tests/test_config.py::test_bad_values_and_missing_file "
+     "tests/test_tasks.py::test_head_relu_only_for_the_boundary_task"),
 ]
 
 

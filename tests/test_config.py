@@ -77,11 +77,28 @@ def test_bad_values_and_missing_file(tmp_path):
     f.write_text("model:\n  task: segmentation\n")
     with pytest.raises(ConfigError, match="model.task"):
         load_config(f)
-    f.write_text("model:\n  task: flow\n  head_relu: true\n")
-    with pytest.raises(ConfigError, match="linear"):
+    f.write_text("model:\n  task: flow\n  boundary:\n    head_relu: true\n")
+    with pytest.raises(ConfigError, match="model.boundary sets head options of the boundary model, not of task 'flow'"):
         load_config(f)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_configs_with_flat_loss_and_head_options_still_load(tmp_path):
+    """Runs saved when the loss and head options were flat (``loss.flow_weight``, ``model.head_relu``)
+    load with each option in the section of every task that has it."""
+    f = tmp_path / "old.yaml"
+    f.write_text("model:\n  task: boundary\n  head_relu: true\n"
+                 "loss:\n  class_weights: [1, 2, 5]\n  flow_weight: 2.0\n  prob_weight: 0.5\n  distance_weight: 3.0\n")
+    cfg = load_config(f)
+    assert cfg.model.boundary.head_relu and cfg.loss.boundary.class_weights == (1, 2, 5)
+    assert (cfg.loss.flow.flow_weight, cfg.loss.flow.prob_weight) == (2.0, 0.5)
+    assert (cfg.loss.distance.distance_weight, cfg.loss.distance.prob_weight) == (3.0, 0.5)
+    assert cfg.loss.flow3d.flow_weight == 2.0
+    # a section's own value wins over the flat one; an unknown flat key is still an error
+    assert load_config(f, ["loss.flow.flow_weight=4"]).loss.flow.flow_weight == 4
+    with pytest.raises(ConfigError, match="unknown key `loss.flow_wieght`"):
+        load_config(None, ["loss.flow_wieght=2"])
 
 
 def test_overrides():

@@ -103,10 +103,10 @@ def test_distance_target_follows_geometric_augmentation():
 def test_head_relu_only_for_the_boundary_task():
     from unetflow.config import ConfigError, load_config
 
-    assert load_config(None, ["model.task=boundary", "model.head_relu=true"]).model.head_relu
+    assert load_config(None, ["model.task=boundary", "model.boundary.head_relu=true"]).model.boundary.head_relu
     for name in ("flow", "distance"):
-        with pytest.raises(ConfigError, match="head_relu"):
-            load_config(None, [f"model.task={name}", "model.head_relu=true"])
+        with pytest.raises(ConfigError, match="head options of the boundary model"):
+            load_config(None, [f"model.task={name}", "model.boundary.head_relu=true"])
 
 
 @pytest.mark.parametrize("name", IMAGE_TASKS)

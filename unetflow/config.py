@@ -15,13 +15,13 @@ from pathlib import Path
 import yaml
 
 from .augment import AugmentConfig
-from .conventions import BBBC_CLASS_WEIGHTS
 from .geometry import check_architecture
 from .hardware import PRECISIONS
 from .preprocess import InputConfig
 from .tasks import TASKS, get_task
 
 __all__ = ["ExperimentConfig", "DataConfig", "ModelConfig", "LossConfig", "TrainConfig", "load_config",
+           "upgrade_flat_sections",
            "apply_overrides", "config_to_dict", "ConfigError"]
 
 
@@ -83,48 +83,63 @@ class DataConfig:
                              f"is never trained on), got {list(self.train_splits)}")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """The network.
-
-    Attributes
-    ----------
-    task : str
-        The label representation (:data:`unetflow.tasks.TASKS`: ``"flow"``, ``"boundary"``,
-        ``"distance"``): target, head, loss and post-processing.
-    depth, base_filters, batch_norm, dropout
-        See :func:`unetflow.models.build_flow_unet`.
-    head_relu : bool
-        Boundary model only: reproduce the original BBBC head's ReLU.
-    """
-
-    task: str = "flow"
-    depth: int = 4
-    base_filters: int = 64
-    batch_norm: bool = True
-    dropout: float = 0.0
-    head_relu: bool = False
-
-    def __post_init__(self):
-        check_architecture(self.depth, self.base_filters, self.dropout, name="model.{}")
-        try:
-            task = get_task(self.task)
-        except ValueError as exc:
-            raise ValueError(f"model.task: {exc}") from None
-        if self.head_relu and "head_relu" not in task.model_options:
-            raise ValueError(f"model.head_relu applies to the boundary model only, not to task {self.task!r}: "
-                             "its outputs must be linear")
+def _check_model(self):
+    check_architecture(self.depth, self.base_filters, self.dropout, name="model.{}")
+    try:
+        get_task(self.task)
+    except ValueError as exc:
+        raise ValueError(f"model.task: {exc}") from None
+    for name, task in TASKS.items():  # e.g. a ReLU asked for on a flow head, whose outputs must stay linear
+        if name != self.task and task.head_class is not None and getattr(self, name) != task.head_class():
+            raise ValueError(f"model.{name} sets head options of the {name} model, not of task {self.task!r}, "
+                             "whose head is linear")
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss weights: ``class_weights`` for the boundary model, ``flow_weight`` for flows,
-    ``distance_weight`` for distance maps, ``prob_weight`` for the cellprob of both."""
+#: The network: ``task`` (the label representation, :data:`unetflow.tasks.TASKS`: target, head, loss and
+#: post-processing), ``depth``, ``base_filters``, ``batch_norm`` and ``dropout`` (see
+#: :func:`unetflow.models.build_unet`), and one section per task whose head has options
+#: (``model.boundary.head_relu``; :attr:`unetflow.tasks.Task.head_class`).
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig", [("task", str, field(default="flow")), ("depth", int, field(default=4)),
+                    ("base_filters", int, field(default=64)), ("batch_norm", bool, field(default=True)),
+                    ("dropout", float, field(default=0.0))]
+    + [(name, task.head_class, field(default_factory=task.head_class))
+       for name, task in sorted(TASKS.items()) if task.head_class is not None],
+    frozen=True, namespace={"__module__": __name__, "__post_init__": _check_model})
+ModelConfig.__doc__ = ("The network: ``task``, ``depth``, ``base_filters``, ``batch_norm``, ``dropout`` and each "
+                       "task's head options (``model.<task>``).")
 
-    class_weights: tuple = BBBC_CLASS_WEIGHTS
-    flow_weight: float = 1.0
-    distance_weight: float = 1.0
-    prob_weight: float = 1.0
+#: Loss options of each task, one section per task (``loss.flow.flow_weight``, ``loss.boundary.class_weights``,
+#: ...; :attr:`unetflow.tasks.Task.loss_class`).
+LossConfig = dataclasses.make_dataclass(
+    "LossConfig", [(name, task.loss_class, field(default_factory=task.loss_class))
+                   for name, task in sorted(TASKS.items())], frozen=True, namespace={"__module__": __name__})
+LossConfig.__doc__ = "Loss options of each task (``loss.<task>``)."
+
+
+def upgrade_flat_sections(values: dict) -> dict:
+    """Configs written before the loss and head options had a section per task kept them flat
+    (``loss.flow_weight``, ``model.head_relu``): move each flat key into the section of every task
+    that has an option of that name, unless that section sets it.  Saved runs keep loading."""
+    for section, owner in (("loss", "loss_class"), ("model", "head_class")):
+        flat = values.get(section)
+        if not isinstance(flat, dict):
+            continue
+        for name, task in TASKS.items():
+            options = getattr(task, owner)
+            if options is None:
+                continue
+            known = {f.name for f in dataclasses.fields(options)}
+            moved = {k: v for k, v in flat.items() if k in known}
+            if moved:
+                own = flat.setdefault(name, {})
+                if isinstance(own, dict):
+                    for k, v in moved.items():
+                        own.setdefault(k, v)
+        owned = {f.name for t in TASKS.values() if getattr(t, owner) for f in dataclasses.fields(getattr(t, owner))}
+        for k in owned & set(flat):
+            del flat[k]
+    return values
 
 
 @dataclass(frozen=True)
@@ -351,6 +366,6 @@ def load_config(path=None, overrides=()) -> ExperimentConfig:
     values, source = {}, "defaults"
     if path is not None:
         values, source = _read_yaml(Path(path)), str(path)
-    values = apply_overrides(values, overrides)
+    values = upgrade_flat_sections(apply_overrides(values, overrides))
     src = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
     return _build(ExperimentConfig, values, "", src)

@@ -301,8 +301,8 @@ def _init_source(config: ExperimentConfig) -> dict | None:
         raise FileNotFoundError(f"train.init_from: {model_file} does not exist; was {src} trained?")
     mine, theirs = config.model, src_config.model
     checks = [("model.task", mine.task, theirs.task),
-              *[(f"model.{k}", getattr(mine, k), getattr(theirs, k)) for k in ("depth", "base_filters", "batch_norm",
-                                                                                 "head_relu")]]
+              *[(f"model.{k}", getattr(mine, k), getattr(theirs, k)) for k in ("depth", "base_filters", "batch_norm")],
+              (f"model.{mine.task}", getattr(mine, mine.task, None), getattr(theirs, mine.task, None))]
     for key, a, b in checks:
         if a != b:
             raise ValueError(f"train.init_from: {src} has {key} = {b!r}, this config {a!r}; fine-tuning needs the "
@@ -484,7 +484,7 @@ def _model(config: ExperimentConfig, run_dir: Path, state: dict, init: dict | No
     keras.utils.set_random_seed(t.seed)  # the seed fixes the initial weights too, not only the crops
     model = build_model(config)
     task = get_task(config.model.task)
-    model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(config.loss),
+    model.compile(optimizer=_optimizer(t, t.epochs * t.steps_per_epoch), loss=task.loss(getattr(config.loss, task.name)),
                   metrics=task.metrics())
     if init:  # the file that was hashed when the run started
         carry_weights(load_model(Path(init["run"]) / init["model"]), model, init.get("input_channels"))

@@ -35,10 +35,12 @@ class Task:
         Bumped when :meth:`make_targets` changes its output (part of the target cache's key).
     postprocess_class : type
         The dataclass of its post-processing options (the ``postprocess.<name>`` config section).
+    loss_class : type
+        The dataclass of its loss options (the ``loss.<name>`` config section).
+    head_class : type or None
+        The dataclass of its head's options, if it has any (the ``model.<name>`` config section).
     tuning_grid : dict
         Option name -> values searched on the validation split by ``unetflow evaluate``.
-    model_options : tuple of str
-        ``model.*`` options only this task accepts.
     recommended : tuple of str
         ``--set`` overrides quick experiments use with this task (see :mod:`unetflow.quickstart`).
     channel_names : tuple of str
@@ -53,8 +55,9 @@ class Task:
     kinds: dict = {}
     version = "1"
     postprocess_class: type = None
+    loss_class: type = None
+    head_class: type = None
     tuning_grid: dict = {}
-    model_options: tuple = ()
     recommended: tuple = ()
     channel_names: tuple = ()
     output_doc = ""
@@ -81,11 +84,12 @@ class Task:
 
     # ---------------------------------------------------------------- network
     def build_model(self, input_channels: int, model_config):
-        """The Keras U-Net with this task's head (`model_config`: :class:`unetflow.config.ModelConfig`)."""
+        """The Keras U-Net with this task's head (`model_config`: :class:`unetflow.config.ModelConfig`,
+        whose ``model.<name>`` section holds the head's options)."""
         raise NotImplementedError
 
-    def loss(self, loss_config):
-        """The Keras loss (`loss_config`: :class:`unetflow.config.LossConfig`)."""
+    def loss(self, options):
+        """The Keras loss (`options`: an instance of :attr:`loss_class`, the ``loss.<name>`` section)."""
         raise NotImplementedError
 
     def metrics(self) -> list:

@@ -3,11 +3,28 @@ github.com/carpenterlab/unet4nuclei): 3 classes, background / interior / boundar
 class-weighted cross-entropy; instances are the connected interiors (:mod:`unetflow.boundary`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..boundary import BoundaryPostprocessConfig, boundary_to_labels, labels_to_boundary_classes
-from ..conventions import BOUNDARY, CELLPROB_TARGET_THRESHOLD, N_BOUNDARY_CLASSES
+from ..conventions import BBBC_CLASS_WEIGHTS, BOUNDARY, CELLPROB_TARGET_THRESHOLD, N_BOUNDARY_CLASSES
 from .base import Task
+
+
+@dataclass(frozen=True)
+class BoundaryLossOptions:
+    """``loss.boundary``: the cross-entropy's weight of each class (background, interior, boundary)."""
+
+    class_weights: tuple = BBBC_CLASS_WEIGHTS
+
+
+@dataclass(frozen=True)
+class BoundaryHeadOptions:
+    """``model.boundary``: ``head_relu`` reproduces the original BBBC head's ReLU (an accident of
+    unet4nuclei that clips negative logits)."""
+
+    head_relu: bool = False
 
 
 class BoundaryTask(Task):
@@ -22,7 +39,8 @@ class BoundaryTask(Task):
     kinds = {"cellprob": "nearest", "boundary": "nearest"}
     postprocess_class = BoundaryPostprocessConfig
     tuning_grid = {"boundary_boost": (0.5, 1.0, 2.0, 4.0), "method": ("dilate", "watershed")}
-    model_options = ("head_relu",)
+    loss_class = BoundaryLossOptions
+    head_class = BoundaryHeadOptions
 
     def make_targets(self, labels, params):
         return {"cellprob": (labels > CELLPROB_TARGET_THRESHOLD).astype(np.uint8),
@@ -35,12 +53,13 @@ class BoundaryTask(Task):
         from ..models import build_boundary_unet
 
         m = model_config
-        return build_boundary_unet(input_channels, m.depth, m.base_filters, m.batch_norm, m.dropout, m.head_relu)
+        return build_boundary_unet(input_channels, m.depth, m.base_filters, m.batch_norm, m.dropout,
+                                   m.boundary.head_relu)
 
-    def loss(self, loss_config):
+    def loss(self, options):
         from ..losses import WeightedCategoricalCrossentropy
 
-        return WeightedCategoricalCrossentropy(loss_config.class_weights)
+        return WeightedCategoricalCrossentropy(options.class_weights)
 
     def metrics(self):
         from ..losses import ClassRecall

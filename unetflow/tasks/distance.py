@@ -2,11 +2,21 @@
 representation of :mod:`unetflow.distance`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..conventions import CELLPROB_TARGET_THRESHOLD
 from ..distance import DISTANCE_SCALE, DistancePostprocessConfig, distance_to_labels, labels_to_distance
 from .base import Task
+
+
+@dataclass(frozen=True)
+class DistanceLossOptions:
+    """``loss.distance``: weights of the distance-map MSE and of the cellprob cross-entropy."""
+
+    distance_weight: float = 1.0
+    prob_weight: float = 1.0
 
 
 class DistanceTask(Task):
@@ -21,6 +31,7 @@ class DistanceTask(Task):
         "(`unetflow.distance.distance_to_labels`).")
     kinds = {"distance": "linear", "cellprob": "nearest"}
     postprocess_class = DistancePostprocessConfig
+    loss_class = DistanceLossOptions
     tuning_grid = {"cellprob_threshold": (-1.0, -0.5, 0.0, 0.5, 1.0),
                    "h": (0.02, 0.05, 0.1, 0.2, 0.3)}
 
@@ -38,10 +49,10 @@ class DistanceTask(Task):
         return build_unet(self.channels, input_channels, m.depth, m.base_filters, m.batch_norm, m.dropout,
                           head_name="distance_cellprob", name="distance_unet")
 
-    def loss(self, loss_config):
+    def loss(self, options):
         from ..losses import DistanceLoss
 
-        return DistanceLoss(DISTANCE_SCALE, loss_config.distance_weight, loss_config.prob_weight)
+        return DistanceLoss(DISTANCE_SCALE, options.distance_weight, options.prob_weight)
 
     def metrics(self):
         from ..losses import CellprobIoU, MapMSE

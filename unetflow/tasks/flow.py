@@ -3,12 +3,22 @@ github.com/MouseLand/cellpose): unit vectors along a heat-diffusion field centre
 plus a cell-probability logit, recovered by following the flows (:mod:`unetflow.dynamics`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..conventions import CELLPROB_TARGET_THRESHOLD, FLOW_X, FLOW_Y, split_flow_outputs
 from ..dynamics import PostprocessConfig, compute_masks, finish_masks, masks_before_checks
 from ..flows import FLOWS_ALGORITHM_VERSION
 from .base import Task
+
+
+@dataclass(frozen=True)
+class FlowLossOptions:
+    """``loss.flow`` (and ``loss.flow3d``): weights of the flow MSE and of the cellprob cross-entropy."""
+
+    flow_weight: float = 1.0
+    prob_weight: float = 1.0
 
 
 class FlowTask(Task):
@@ -25,6 +35,7 @@ class FlowTask(Task):
     kinds = {"flows": "vector", "cellprob": "nearest"}
     version = FLOWS_ALGORITHM_VERSION  # the targets are the flows of unetflow.flows
     postprocess_class = PostprocessConfig
+    loss_class = FlowLossOptions
     tuning_grid = {"cellprob_threshold": (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0),
                    "flow_threshold": (0.0, 0.2, 0.4, 0.6, 0.8, 1.2)}
     # current Cellpose: follow every cell pixel, bilinear steps (round trip AP@0.9 0.996 vs 0.964)
@@ -45,10 +56,10 @@ class FlowTask(Task):
         m = model_config
         return build_flow_unet(input_channels, m.depth, m.base_filters, m.batch_norm, m.dropout)
 
-    def loss(self, loss_config):
+    def loss(self, options):
         from ..losses import FlowLoss
 
-        return FlowLoss(loss_config.flow_weight, loss_config.prob_weight)
+        return FlowLoss(options.flow_weight, options.prob_weight)
 
     def metrics(self):
         from ..losses import CellprobIoU, MapMSE

@@ -54,10 +54,10 @@ class Flow3DTask(FlowTask):
         return build_unet(self.channels, input_channels, m.depth, m.base_filters, m.batch_norm, m.dropout,
                           head_name="flows_cellprob", name="flow3d_unet", spatial_dims=3)
 
-    def loss(self, loss_config):
+    def loss(self, options):
         from ..losses import FlowLoss
 
-        return FlowLoss(loss_config.flow_weight, loss_config.prob_weight, spatial_dims=3)
+        return FlowLoss(options.flow_weight, options.prob_weight, spatial_dims=3)
 
     def unflip(self, outputs, flip_y, flip_x):
         raise ValueError("test-time flips are implemented for 2-D images only")
