@@ -87,6 +87,24 @@ def _blobs(shape, centres, radius):
     return labels
 
 
+def _volume_manifest(root, splits, shape, n_blobs, lo, hi, radius):
+    """One synthetic annotated volume per split: `n_blobs` bright spheres centred between `lo` and
+    `hi` in an isotropic `shape`, sampled every second z (voxel size 0.5 x 0.25 x 0.25: anisotropy
+    2), with a manifest.csv listing them."""
+    from unetflow.io import write_volume_labels
+
+    rng = np.random.default_rng(0)
+    rows = ["image,label,split"]
+    for i, split in enumerate(splits):
+        centres = [(int(z), int(y), int(x)) for z, y, x in rng.integers(lo, hi, size=(n_blobs, 3))]
+        labels = _blobs(shape, centres, radius=radius)[::2]
+        volume = np.where(labels > 0, 200, 20) + rng.integers(0, 10, labels.shape)
+        for kind, arr in (("images", volume.astype(np.uint16)), ("labels", labels.astype(np.uint16))):
+            write_volume_labels(root / kind / f"v{i}.tif", arr, (0.5, 0.25, 0.25))
+        rows.append(f"images/v{i}.tif,labels/v{i}.tif,{split}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["3d", "stitch"])
 def test_ready_model_segments_separated_and_touching_blobs(mode):
@@ -172,21 +190,11 @@ def test_a_2d_model_trains_on_the_slices_of_volumes(tmp_path):
     """``data.volume_slices``: a manifest of volumes trains the 2-D network on their slices; the run
     then segments a volume in 3-D."""
     from unetflow.config import load_config
-    from unetflow.io import write_volume_labels
     from unetflow.rundir import read_run
     from unetflow.train import run_experiment
     from unetflow.volume import predict_volume
 
-    rng = np.random.default_rng(0)
-    rows = ["image,label,split"]
-    for i in range(3):
-        centres = [(int(z), int(y), int(x)) for z, y, x in rng.integers([6, 10, 10], [14, 54, 54], size=(5, 3))]
-        labels = _blobs((20, 64, 64), centres, radius=6)[::2]
-        volume = np.where(labels > 0, 200, 20) + rng.integers(0, 10, labels.shape)
-        for kind, arr in (("images", volume.astype(np.uint16)), ("labels", labels.astype(np.uint16))):
-            write_volume_labels(tmp_path / "data" / kind / f"v{i}.tif", arr, (0.5, 0.25, 0.25))
-        rows.append(f"images/v{i}.tif,labels/v{i}.tif,{['train', 'train', 'val'][i]}")
-    (tmp_path / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    _volume_manifest(tmp_path / "data", ["train", "train", "val"], (20, 64, 64), 5, [6, 10, 10], [14, 54, 54], 6)
     config = load_config(Path(__file__).resolve().parent.parent / "experiments" / "tiny_flow.yaml", [
         "data.manifest=" + str(tmp_path / "data" / "manifest.csv"), "data.volume_slices=true",
         "train.epochs=1", "train.steps_per_epoch=3", "train.val_crops=4", "model.depth=2", "model.base_filters=4",
@@ -280,21 +288,12 @@ def test_a_3d_network_trains_on_volumes_and_segments_them(tmp_path):
     volumes (refusing the 2-D paths) and evaluate scores it in 3-D."""
     from unetflow.config import load_config
     from unetflow.evaluate import evaluate_run
-    from unetflow.io import read_volume, write_volume_labels
+    from unetflow.io import read_volume
     from unetflow.rundir import read_run
     from unetflow.train import run_experiment
     from unetflow.volume import predict_volume
 
-    rng = np.random.default_rng(0)
-    rows = ["image,label,split"]
-    for i in range(2):
-        centres = [(int(z), int(y), int(x)) for z, y, x in rng.integers([6, 8, 8], [18, 40, 40], size=(4, 3))]
-        labels = _blobs((24, 48, 48), centres, radius=5)[::2]
-        volume = np.where(labels > 0, 200, 20) + rng.integers(0, 10, labels.shape)
-        for kind, arr in (("images", volume.astype(np.uint16)), ("labels", labels.astype(np.uint16))):
-            write_volume_labels(tmp_path / "data" / kind / f"v{i}.tif", arr, (0.5, 0.25, 0.25))
-        rows.append(f"images/v{i}.tif,labels/v{i}.tif,{['train', 'val'][i]}")
-    (tmp_path / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    _volume_manifest(tmp_path / "data", ["train", "val"], (24, 48, 48), 4, [6, 8, 8], [18, 40, 40], 5)
     config = load_config(Path(__file__).resolve().parent.parent / "experiments" / "gonuclear_flow3d.yaml", [
         "data.manifest=" + str(tmp_path / "data" / "manifest.csv"), "train.epochs=1", "train.steps_per_epoch=2",
         "train.val_crops=2", "model.base_filters=4", "model.depth=2", "augment.crop_size=16", "train.batch_size=2",

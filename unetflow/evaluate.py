@@ -174,7 +174,7 @@ def summarize(truth, preds, table, meta_rows=None) -> dict:
 
 def evaluate_volumes(run: Run, split: str, *, manifest=None, data_root=None, diameter=None, mode: str = "3d",
                      stitch_threshold: float = 0.25, tag: str = "", progress: bool = True, **postprocess) -> dict:
-    """Score a 2-D run on the ``(Z, Y, X)`` volumes of a split, in 3-D.
+    """Score a run (a 2-D one, or a 3-D one in mode ``"3d"``) on the ``(Z, Y, X)`` volumes of a split, in 3-D.
 
     Each volume is segmented by :func:`unetflow.volume.predict_volume` (`mode` ``"3d"``: the three
     views' flows followed in 3-D; ``"stitch"``: 2-D masks joined across z at `stitch_threshold`)

@@ -262,6 +262,22 @@ def volume_slices(volume, labels, anisotropy: float = 1.0):
                 yield np.take(v, k, axis=axis), label_slice
 
 
+def _read_annotated_volume(img, lab):
+    """An annotated volume of a manifest: the stack, its ``(Z, Y, X)`` labels (checked to match) and its
+    anisotropy from the file's voxel size (1, with a warning, when the file does not say)."""
+    import logging
+
+    from .io import read_labels, read_volume
+
+    volume, voxel = read_volume(img)
+    labels = read_labels(lab, ndim=3)
+    if labels.shape != volume.shape[:3]:
+        raise ValueError(f"{lab}: label volume shape {labels.shape} differs from image {img} shape {volume.shape[:3]}")
+    if voxel is None:
+        logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
+    return volume, labels, voxel[0] / voxel[1] if voxel else 1.0
+
+
 def load_volume_training_data(images, label_paths, input_config, names=None, progress: bool = True):
     """:class:`unetflow.pipeline.TrainingData` of the slices of annotated volumes (:func:`volume_slices`).
 
@@ -269,9 +285,6 @@ def load_volume_training_data(images, label_paths, input_config, names=None, pro
     file's voxel size (:func:`unetflow.io.read_volume`; isotropic, with a warning, when the file does
     not say).  The targets of the slices are computed here, not cached: slices are not files.
     """
-    import logging
-
-    from .io import read_labels, read_volume
     from .pipeline import TrainingData, training_item
     from .precompute import compute_targets
     from .preprocess import input_stats, prepare_image
@@ -283,14 +296,9 @@ def load_volume_training_data(images, label_paths, input_config, names=None, pro
     names = list(names) if names is not None else [str(p) for p in images]
     for img, lab, name in progress_bar(list(zip(images, label_paths, names)), desc="slice volumes", unit="volume",
                                        enabled=progress):
-        volume, voxel = read_volume(img)
-        labels = read_labels(lab, ndim=3)
-        if labels.shape != volume.shape[:3]:
-            raise ValueError(f"{lab}: label volume shape {labels.shape} differs from image {img} shape {volume.shape[:3]}")
-        if voxel is None:
-            logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
+        volume, labels, aniso = _read_annotated_volume(img, lab)
         stats = input_stats(volume.reshape(-1, *volume.shape[2:]), input_config)
-        for k, (image, label_slice) in enumerate(volume_slices(volume, labels, voxel[0] / voxel[1] if voxel else 1.0)):
+        for k, (image, label_slice) in enumerate(volume_slices(volume, labels, aniso)):
             targets = compute_targets(relabel_sequential(label_slice).astype(np.int32))
             items.append(training_item(prepare_image(image, input_config, stats), targets, kinds))
             item_names.append(f"{name}:{k}")
@@ -306,10 +314,7 @@ def load_volume_crops_data(images, label_paths, input_config, names=None, progre
     not a file the cache could key).  An item's ``diameter`` is the median y / x diameter of its
     objects (:func:`unetflow.flows.diameters` over the YX slices), the size prediction compares with.
     """
-    import logging
-
     from .flows import diameters
-    from .io import read_labels, read_volume
     from .pipeline import TrainingData, training_item
     from .preprocess import input_stats, prepare_image
     from .progress import progress_bar
@@ -319,13 +324,7 @@ def load_volume_crops_data(images, label_paths, input_config, names=None, progre
     names = list(names) if names is not None else [str(p) for p in images]
     for img, lab in progress_bar(list(zip(images, label_paths)), desc="load volumes", unit="volume",
                                  enabled=progress):
-        volume, voxel = read_volume(img)
-        labels = read_labels(lab, ndim=3)
-        if labels.shape != volume.shape[:3]:
-            raise ValueError(f"{lab}: label volume shape {labels.shape} differs from image {img} shape {volume.shape[:3]}")
-        if voxel is None:
-            logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
-        aniso = voxel[0] / voxel[1] if voxel else 1.0
+        volume, labels, aniso = _read_annotated_volume(img, lab)
         stats = input_stats(volume.reshape(-1, *volume.shape[2:]), input_config)
         image = _zoom(np.stack([prepare_image(s, input_config, stats) for s in volume]), (aniso, 1.0, 1.0), order=1)
         image = image[..., None] if image.ndim == 3 else image

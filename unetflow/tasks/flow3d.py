@@ -4,9 +4,9 @@ The targets are Cellpose's 3-D flows of the labels (:func:`unetflow.flows.masks_
 ``(Z, Y, X)`` label volume: the sums of the 2-D flows of the slices along each axis, as Cellpose
 2020 computes them) and the cell probability; the network outputs ``[dz, dy, dx, cellprob_logit]``
 (flows x5) and instances are recovered by following the flows in 3-D
-(:func:`unetflow.dynamics.compute_masks`).  Volumes are resampled to isotropic voxels at the
-training object size before the network (:func:`unetflow.volume.predict_volume`), as for the 2-D
-model's three views, so one network sees objects of one size whatever the stack's anisotropy.
+(:func:`unetflow.dynamics.compute_masks`).  Volumes are resampled to isotropic voxels before the
+network, in training and prediction alike (:func:`unetflow.volume.predict_volume`), so one network
+sees objects of one shape whatever the stack's anisotropy.
 
 The boundary and distance representations have no 3-D variant: their post-processing (connected
 interiors, h-maxima watershed) would work in 3-D, but their targets and the pipeline's crops
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..conventions import CELLPROB_TARGET_THRESHOLD, flows_to_channels_first
+from ..conventions import flows_to_channels_first
 from ..dynamics import FLOW_3D_OPTIONS, PostprocessConfig, compute_masks
 from .base import Task
 from .flow import FlowTask
@@ -40,12 +40,9 @@ class Flow3DTask(FlowTask):
     recommended = ()
 
     def make_targets(self, labels, params):
-        if labels.ndim != 3:  # the 2-D entries of the cache are the flow task's
-            return {}
-        from ..flows import masks_to_flows
-
-        return {"flows": masks_to_flows(labels).astype(np.float32),
-                "cellprob": (labels > CELLPROB_TARGET_THRESHOLD).astype(np.uint8)}
+        # the flow task's targets, which masks_to_flows makes in 3-D too; the 2-D entries of the
+        # cache are the flow task's own
+        return super().make_targets(labels, params) if labels.ndim == 3 else {}
 
     def build_model(self, input_channels, model_config):
         from ..models import build_unet
