@@ -19,18 +19,19 @@ import numpy as np
 from common import print_table
 
 
-def zoomed_copy(run, split: str, zoom: float, work: Path) -> Path:
-    """A manifest of `split` with every image and label zoomed by `zoom` (written once)."""
+def zoomed_copy(run, split: str, zoom: float, work: Path, *, manifest=None, data_root=None) -> Path:
+    """A manifest of `split` (of the run's manifest, or of `manifest` under `data_root`) with every
+    image and label zoomed by `zoom`, written once under `work`, in a folder named after the data."""
     from skimage.transform import rescale
 
     from unetflow.evaluate import split_files
     from unetflow.io import read_image, read_labels, write_image, write_labels
 
-    out = work / f"{split}_zoom{zoom:g}"
+    images, labels, names, rows = split_files(run, split, manifest=manifest, data_root=data_root)
+    out = work / Path(images[0]).parent.parent.name / f"{split}_zoom{zoom:g}"  # one folder per dataset
     manifest = out / "manifest.csv"
     if manifest.is_file():
         return manifest
-    images, labels, names, rows = split_files(run, split)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     for img, lab, name in zip(images, labels, names):
@@ -41,7 +42,8 @@ def zoomed_copy(run, split: str, zoom: float, work: Path) -> Path:
         write_labels(out / "labels" / f"{name}.tif", y)
     table = rows.assign(image=[f"images/{n}.tif" for n in names], label=[f"labels/{n}.tif" for n in names])
     table["median_object_diameter_px"] = table["median_object_diameter_px"] * zoom
-    table.to_csv(manifest, index=False)
+    table.to_csv(manifest.with_suffix(".tmp"), index=False)  # the manifest last, whole: it marks a finished copy
+    manifest.with_suffix(".tmp").replace(manifest)
     return manifest
 
 

@@ -37,26 +37,38 @@ def test_the_runs_own_choice_and_one_error_without_a_training_size():
     assert zoom_factor(17, 34.0) == 0.5 and zoom_factor(17, "native") == 1.0 and zoom_factor(None, None) == 1.0
 
 
-def test_size_search_votes_breaks_ties_and_falls_back(monkeypatch):
+def test_size_search_votes_breaks_ties_stops_early_and_falls_back(monkeypatch):
     """estimate_diameter's rule on made-up measurements d(D): the value most candidates agree on
-    (within SIZE_AGREEMENT), ties to the most self-consistent (d nearest D), 0 when nothing is found."""
+    (within SIZE_AGREEMENT), ties to the most self-consistent (d nearest D), tried from the largest
+    candidate down and stopped once a candidate SIZE_BELOW times under the agreed size was tried;
+    then measured once more at that size, which is the estimate if it agrees; 0 when nothing is found."""
     import unetflow.sizing as P
 
-    def run(measure, candidates):
-        monkeypatch.setattr(P, "_measure_at", lambda model, x, D, **kw: measure(D))
+    tried = []
+
+    def run(measure, candidates=P.SIZE_CANDIDATES):
+        tried.clear()
+        monkeypatch.setattr(P, "_measure_at", lambda model, x, D, **kw: tried.append(D) or measure(D))
         return P.estimate_diameter(None, None, task="flow", train_diameter=17, postprocess=None, candidates=candidates)
 
-    cands = tuple(float(4 * 2 ** (k / 2)) for k in range(12))  # 4 .. 181 px
-    # flat around 30 px for candidates 16-64 (the network finds the same objects), fragments below
-    # (d follows D), nothing found above
-    flat = run(lambda D: 0.0 if D > 64 else (30.0 * (1 + 0.02 * np.log(D)) if D >= 16 else 0.9 * D), cands)
-    assert 30 < flat < 33
-    # two groups of two: the one whose measurements match their candidates wins
-    pairs = {8.0: 20.0, 11.0: 21.0, 40.0: 60.0, 45.0: 62.0}
-    assert run(lambda D: pairs[D], tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([60.0, 62.0]))))
-    pairs = {8.0: 8.5, 11.0: 8.0, 40.0: 100.0, 45.0: 101.0}
-    assert run(lambda D: pairs[D], tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([8.5, 8.0]))))
-    assert run(lambda D: 0.0, cands) == 0.0  # no candidate found two objects: the caller does not zoom
+    # flat around 29 px for candidates 16-64 (the network finds the same objects), fragments below
+    # (d follows D), nothing found above; measured at the agreed size itself: 30 px
+    def flat(D):
+        if D not in P.SIZE_CANDIDATES:
+            return 30.0
+        return 0.0 if D > 64 else (27.0 * (1 + 0.02 * np.log(D)) if D >= 16 else 0.9 * D)
+
+    assert run(flat) == 30.0
+    assert tried[:-1] == [256.0, 128.0, 64.0, 32.0, 16.0, 8.0]  # largest first; 4 px, far under 29, not tried
+    assert tried[-1] == pytest.approx(np.median([flat(64.0), flat(32.0), flat(16.0)]))  # then the agreed size
+    # the last measurement disagrees (objects fragment there): the agreed value stands
+    assert run(lambda D: flat(D) if D in P.SIZE_CANDIDATES else 12.0) == pytest.approx(flat(32.0))
+    # two groups of two, both seen before the stop: the one whose measurements match their candidates wins
+    pairs = {45.0: 30.0, 40.0: 31.0, 22.0: 22.0, 20.0: 21.0}
+    assert run(lambda D: pairs.get(D, 0.0), tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([22.0, 21.0]))))
+    pairs = {45.0: 44.0, 40.0: 41.0, 22.0: 15.0, 20.0: 14.0}
+    assert run(lambda D: pairs.get(D, 0.0), tuple(pairs)) == pytest.approx(np.exp(np.mean(np.log([44.0, 41.0]))))
+    assert run(lambda D: 0.0) == 0.0 and len(tried) == len(P.SIZE_CANDIDATES)  # nothing found: the caller does not zoom
 
 
 @pytest.mark.slow

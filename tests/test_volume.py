@@ -268,6 +268,37 @@ def test_volume_crops_transform_the_flow_vectors():
     assert transformed >= 6  # the draws did flip and rotate
 
 
+def test_volume_crops_zoom_the_objects_and_keep_the_flows_unit_and_aligned():
+    """Scale augmentation of a volume crop: the same zoom along z, y and x (objects' volumes scale by
+    its cube), the image and targets resampled together, the flows still unit vectors inside
+    objects pointing where the zoomed labels' own flows point, and zero outside."""
+    from unetflow.config import AugmentConfig
+    from unetflow.conventions import flows_to_channels_last
+    from unetflow.flows import masks_to_flows
+    from unetflow.volume import sample_volume_crop
+
+    # each blob lies whole in the cube the crop is cut from (53 voxels zoomed by 0.6, 21 by 1.5)
+    for zoom, labels in ((0.6, _blobs((64, 64, 64), [(32, 32, 32)], radius=9)),
+                         (1.5, _blobs((21, 21, 21), [(10, 10, 10)], radius=6))):
+        arrays = {"image": labels[..., None].astype(np.float32), "cellprob": (labels > 0).astype(np.uint8),
+                  "flows": flows_to_channels_last(masks_to_flows(labels)), "labels": labels}
+        config = AugmentConfig(crop_size=32, scale_range=(zoom, zoom), flips=False, rot90=False, blur_sigma=0.0,
+                               noise_std=0.0, intensity_jitter=0.0, gamma_range=(1.0, 1.0), object_crop_tries=0)
+        crop = sample_volume_crop(np.random.default_rng(0), arrays, config)
+        assert all(a.shape[:3] == (32, 32, 32) for a in crop.values())
+        actual = 32 / round(32 / zoom)
+        assert (crop["labels"] > 0).sum() == pytest.approx((labels > 0).sum() * actual ** 3, rel=0.1)
+        inside = crop["cellprob"] > 0
+        assert inside.sum() > 500 and np.array_equal(inside, crop["labels"] > 0)
+        bright = crop["image"][..., 0] > 0.5  # aligned with the image (a voxel's shift: IoU about 0.75)
+        assert (bright & inside).sum() / (bright | inside).sum() > 0.85
+        norm = np.linalg.norm(crop["flows"], axis=-1)
+        assert np.allclose(norm[inside], 1, atol=1e-4) and not norm[~inside].any()
+        ref = flows_to_channels_last(masks_to_flows(crop["labels"]))[inside]
+        cos = (crop["flows"][inside] * ref).sum(-1) / (np.linalg.norm(ref, axis=-1) + 1e-6)
+        assert np.median(cos) > 0.95, (zoom, np.median(cos))
+
+
 def test_a_3d_network_builds_and_its_config_is_checked():
     from unetflow.config import load_config
     from unetflow.models import build_unet, input_multiple
@@ -280,6 +311,38 @@ def test_a_3d_network_builds_and_its_config_is_checked():
         load_config(config, ["augment.target_diameter=17"])
     with pytest.raises(Exception, match="volume_slices trains a 2-D network"):
         load_config(config, ["data.volume_slices=true"])
+
+
+def test_a_3d_network_runs_on_cubes_that_agree_with_the_whole_volume():
+    """A volume larger than the cube is predicted cube by cube (memory bounded by the cube); where one
+    cube alone covers the volume, tapered weights included (at the volume's faces), the blended
+    result is the whole volume's; a volume that fits is one call."""
+    import keras
+
+    from unetflow.models import build_unet
+    from unetflow.tiling import taper
+    from unetflow.volume import predict_volume_raw
+
+    keras.utils.set_random_seed(0)
+    model = build_unet(4, 1, depth=2, base_filters=4, spatial_dims=3)
+    volume = np.random.default_rng(0).normal(size=(30, 70, 66, 1)).astype(np.float32)
+    whole = predict_volume_raw(model, volume, 2, tile=128)
+    calls = []
+    counting = type("Counting", (), {"predict_on_batch": lambda self, x: calls.append(x.shape) or model(x).numpy()})()
+    cubed = predict_volume_raw(counting, volume, 2, tile=32)
+    assert cubed.shape == whole.shape == (30, 70, 66, 4)
+    assert len(calls) > 1 and all(max(c[1:4]) <= 32 for c in calls)  # cubes, not the volume
+    # cubes start at y 0, 20, 38 and x 0, 18, 36 (32 x 30 voxels, the receptive radius 9 as overlap)
+    np.testing.assert_allclose(cubed[:, :18, :16], whole[:, :18, :16], atol=1e-5)
+    np.testing.assert_allclose(cubed[:, 32:38, :16], whole[:, 32:38, :16], atol=1e-5)
+    # where two cubes overlap (y 20-31), their outputs are averaged with weights tapering towards their faces
+    first, second = (model(volume[None, :, y:y + 32, :30]).numpy()[0] for y in (0, 20))
+    w_first, w_second = taper(32, 9)[20:32, None, None], taper(32, 9)[:12, None, None]
+    blended = (w_first * first[:, 20:32, :16] + w_second * second[:, :12, :16]) / (w_first + w_second)
+    np.testing.assert_allclose(cubed[:, 20:32, :16], blended, atol=1e-5)
+    calls.clear()
+    predict_volume_raw(counting, volume[:16, :24, :24], 2, tile=32)
+    assert calls == [(1, 16, 24, 24, 1)]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .conventions import DEFAULT_TILE, SPLITS
+from .conventions import DEFAULT_TILE, SPLITS, VOLUME_TILE
 from .folders import SPLIT_MODES
 from .formats import FORMATS
 from .hardware import INFERENCE_PRECISIONS, import_tensorflow
@@ -73,7 +73,8 @@ def _predict(args) -> int:
     if not images:
         raise ValueError("no images: give image files or --manifest M [--split S]")
     run = load_run(args.run_dir, precision=args.precision)
-    check_tile_size(args.tile_size, run.input_multiple)  # the user's error, before any image is read
+    if args.tile_size is not None:  # the user's error, before any image is read
+        check_tile_size(args.tile_size, run.input_multiple)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = dict(_parse_kv(kv) for kv in args.postprocess or ())
@@ -82,7 +83,7 @@ def _predict(args) -> int:
     run.require_images()
     from .progress import progress_bar
     failed = []
-    results = segment_images(run, images, tile_size=args.tile_size, tta=args.tta, diameter=diameter, **overrides)
+    results = segment_images(run, images, tile_size=args.tile_size or DEFAULT_TILE, tta=args.tta, diameter=diameter, **overrides)
     for path, *result in progress_bar(results, total=len(images), desc="segment", unit="img"):
         if isinstance(result[0], Exception):  # one bad image must not stop the others
             failed.append(f"{path}: {result[0]}")
@@ -142,7 +143,7 @@ def _predict_big(args, diameter) -> int:
         raise ValueError("an --out ending in .zarr segments one (huge) image block by block: give exactly one INPUT")
     s = predict_big(args.run_dir, args.images[0], args.out, block_size=args.block_size, diameter=diameter,
                     scheduler=args.scheduler, workers=args.workers, precision=args.precision,
-                    tile_size=args.tile_size)
+                    tile_size=args.tile_size or DEFAULT_TILE)
     print(f"{s['objects']} objects in {s['shape'][0]} x {s['shape'][1]} px ({s['blocks']} blocks of {s['block_size']} px, "
           f"halo {s['halo']} px): {Path(s['out']).resolve()}")
     return 0
@@ -306,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="address of a running dask scheduler (default: a local cluster)")
     p.add_argument("--workers", type=int, help="processes of the local dask cluster (default: 1)")
     p.add_argument("--tta", action="store_true", help="test-time flips")
-    p.add_argument("--tile-size", type=int, default=DEFAULT_TILE,
-                   help="largest network tile side; an image that fits is one tile (default: %(default)s)")
+    p.add_argument("--tile-size", type=int,
+                   help=f"largest network tile side; an image that fits is one tile (default: {DEFAULT_TILE} px; "
+                        f"a 3-D network's cubes: {VOLUME_TILE} voxels)")
     p.add_argument("--diameter", metavar="{auto,native,PX}",
                    help="how each image is sized: auto (estimate its median object diameter and zoom its "
                         "objects to the training size), native (no zoom) or the diameter in px (default: the "

@@ -40,6 +40,9 @@ SPLITS = ("train", "val", "test")
 #: Largest network tile side (px) at inference by default: most microscopy images fit in one tile,
 #: so no pixel is computed twice; larger ones are cut into the fewest tiles that cover them.
 DEFAULT_TILE = 1024
+#: Largest side (voxels) of the cubes a 3-D network runs on: its activations grow with the cube,
+#: not with the volume (a 3-D U-Net of base width 16 holds about 100 floats per voxel).
+VOLUME_TILE = 128
 
 
 def split_flow_outputs(raw: np.ndarray):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["check_diameter", "default_sizing", "choose_sizing", "require_train_diameter", "zoom_factor", "estimate_diameter",
-           "resolve_size", "SIZINGS", "SIZE_CANDIDATES", "SIZE_WINDOW", "SIZE_AGREEMENT"]
+           "resolve_size", "SIZINGS", "SIZE_CANDIDATES", "SIZE_WINDOW", "SIZE_AGREEMENT",
+           "SIZE_BELOW"]
 
 #: The words of the vocabulary (beside numbers and None).
 SIZINGS = ("auto", "native", "manifest")
@@ -82,12 +83,17 @@ def zoom_factor(train_diameter, diameter) -> float:
     return float(train_diameter) / float(diameter)
 
 
-#: Object diameters (px) the size search tries: 4 to 181 px, a factor of sqrt(2) apart.
-SIZE_CANDIDATES = tuple(float(4 * 2 ** (k / 2)) for k in range(12))
-#: Side (px, after zooming) of the one window the size search looks at per candidate.
+#: Object diameters (px) the size search tries, largest first: 256 down to 4 px, a factor of 2 apart
+#: (the network finds the same objects over a range of zooms wider than 2, so no plateau falls
+#: between two candidates; halving the candidates halves the search's cost).
+SIZE_CANDIDATES = tuple(float(4 * 2 ** k) for k in range(6, -1, -1))
+#: Largest side (px, after zooming) of the one window the size search looks at per candidate.
 SIZE_WINDOW = 256
 #: Measurements within this factor of each other agree (the network's own scale tolerance).
 SIZE_AGREEMENT = 1.25
+#: The search stops once a candidate this far below the agreed size has been tried: the plateau
+#: has been seen from below (smaller candidates only fragment the objects further).
+SIZE_BELOW = 2.0
 
 
 def _brightest_window(x, side: int):
@@ -104,38 +110,54 @@ def _brightest_window(x, side: int):
 
 
 def _measure_at(model, x, D, *, task, train_diameter, postprocess, window):
-    """Median object diameter (px of `x`) found when `x` is zoomed as if its objects were `D` px."""
+    """Median object diameter (px of `x`) found when `x` is zoomed as if its objects were `D` px.
+
+    The zoomed window keeps its own size (at most `window` a side): zoomed out, a small image costs
+    a fraction of one pass (the network function takes any size without retracing).
+    """
     from skimage.transform import rescale
 
     from .flows import diameters
+    from .predict import predict_raw, raw_to_labels
 
     factor = float(train_diameter) / D
     crop = _brightest_window(x, max(8, int(np.ceil(window / factor))))
     z = rescale(crop, factor, order=1, channel_axis=-1, preserve_range=True, anti_aliasing=False)[:window, :window]
-    h, w = z.shape[:2]
-    padded = np.zeros((window, window, x.shape[-1]), np.float32)  # one input shape: no retracing
-    padded[:h, :w] = z
-    from .predict import predict_raw, raw_to_labels
-
-    raw = predict_raw(model, padded, task=task, tile_size=window)[:h, :w]
+    raw = predict_raw(model, z.astype(np.float32), task=task, tile_size=window)
     labels = raw_to_labels(raw, task, postprocess)
     return diameters(labels) / factor if labels.max() >= 2 else 0.0
+
+
+def _agreed(found):
+    """The size most measurements ``(D, d)`` agree on (see :func:`estimate_diameter`), and how many agree."""
+    logd = np.log([d for _, d in found])
+    agree = np.abs(logd[:, None] - logd[None, :]) < np.log(SIZE_AGREEMENT)
+    consistency = np.abs(logd - np.log([D for D, _ in found]))
+    best = min(range(len(found)), key=lambda k: (-agree[k].sum(), consistency[k]))
+    return float(np.exp(np.median(logd[agree[best]]))), int(agree[best].sum())
 
 
 def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess, candidates=SIZE_CANDIDATES,
                       window: int = SIZE_WINDOW):
     """Median object diameter (px) of a prepared image ``(H, W, C)``, from the network itself.
 
-    A scale search.  For each candidate diameter ``D`` the image is zoomed by ``train_diameter / D``
-    (objects of size ``D`` would then have the size the network learnt); one window of
-    `window` x `window` zoomed pixels (the brightest, so it holds objects) goes through the network
-    and the post-processing, and the median diameter ``d(D)`` of the objects found is measured back
-    in the image's pixels.  Around the true size, ``d(D)`` stays flat: the network, trained with
-    scale augmentation, finds the same objects whatever the zoom.  Zoomed too far in, objects
-    fragment into pieces that follow ``D``; too far out, they vanish or merge.  So the estimate is
-    the value most candidates agree on: the measurement with the most others within
-    ``SIZE_AGREEMENT`` of it (ties: the most self-consistent, ``d`` nearest ``D``), and the
-    median of those that agree.  The cost is one window per candidate, whatever the image size.
+    A scale search.  For each candidate diameter ``D``, largest first, the image is zoomed by
+    ``train_diameter / D`` (objects of size ``D`` would then have the size the network learnt);
+    one window of at most `window` x `window` zoomed pixels (the brightest, so it holds objects)
+    goes through the network and the post-processing, and the median diameter ``d(D)`` of the
+    objects found is measured back in the image's pixels.  Around and above the true size,
+    ``d(D)`` stays flat: the network, trained with scale augmentation, finds the same objects
+    over a range of zooms.  Zoomed too far in, objects fragment into pieces that follow ``D``; too
+    far out, they vanish or merge.  So the estimate is the value most candidates agree on: the
+    measurement with the most others within ``SIZE_AGREEMENT`` of it (ties: the most
+    self-consistent, ``d`` nearest ``D``), and the median of those that agree.  The search stops
+    once two measurements agree and a candidate ``SIZE_BELOW`` times smaller than their value
+    has been tried, so the expensive zoomed-in candidates are only tried for small objects.
+    Last, one window is measured at the agreed size itself, the zoom that gives the objects the
+    training size; if it agrees, that measurement is the estimate (the agreed value leans towards
+    the zoomed-out candidates, whose objects measure a few percent larger).  The cost is at most
+    one window per candidate and one more, whatever the image size; zoomed-out candidates of a
+    small image cost a fraction of that.
 
     Returns
     -------
@@ -143,14 +165,19 @@ def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess
         0.0 when no candidate finds at least two objects.
     """
     kw = dict(task=task, train_diameter=train_diameter, postprocess=postprocess, window=window)
-    found = [(D, d) for D in candidates if (d := _measure_at(model, x, D, **kw)) > 0]
+    found = []
+    for D in sorted(candidates, reverse=True):
+        if (d := _measure_at(model, x, D, **kw)) > 0:
+            found.append((D, d))
+        if found:
+            size, agreeing = _agreed(found)
+            if agreeing >= 2 and D * SIZE_BELOW <= size:
+                break
     if not found:
         return 0.0
-    logd = np.log([d for _, d in found])
-    agree = np.abs(logd[:, None] - logd[None, :]) < np.log(SIZE_AGREEMENT)
-    consistency = np.abs(logd - np.log([D for D, _ in found]))
-    best = min(range(len(found)), key=lambda k: (-agree[k].sum(), consistency[k]))
-    return float(np.exp(np.median(logd[agree[best]])))
+    size = _agreed(found)[0]
+    d = _measure_at(model, x, size, **kw)
+    return d if d > 0 and abs(np.log(d / size)) < np.log(SIZE_AGREEMENT) else size
 
 
 def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):

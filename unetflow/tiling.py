@@ -19,7 +19,7 @@ import numpy as np
 from .conventions import DEFAULT_TILE
 from .tasks import get_task
 
-__all__ = ["tile_layout", "check_tile_size", "predict_raw_many", "predict_raw", "predict_rescaled", "LOOKAHEAD"]
+__all__ = ["tile_layout", "taper", "forward", "check_tile_size", "predict_raw_many", "predict_raw", "predict_rescaled", "LOOKAHEAD"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def tile_layout(length: int, tile: int, margin: int, multiple: int = 1):
     return [int(v) for v in starts], size
 
 
-def _taper(n: int, ramp: int) -> np.ndarray:
+def taper(n: int, ramp: int) -> np.ndarray:
     """1-D blending weights: 1 in the middle, falling linearly over `ramp` pixels towards the ends."""
     x = np.arange(n, dtype=np.float32)
     return np.clip(np.minimum(x + 1, n - x) / max(ramp, 1), 1e-3, 1.0)
@@ -54,8 +54,8 @@ def _taper(n: int, ramp: int) -> np.ndarray:
 _FORWARD = weakref.WeakKeyDictionary()
 
 
-def _forward(model):
-    """The network as a function of a batch ``(N, H, W, C)`` -> numpy outputs.
+def forward(model):
+    """The network as a function of a batch ``(N, H, W, C)`` (``(N, Z, Y, X, C)`` for a 3-D one) -> numpy outputs.
 
     For a Keras model, one ``tf.function`` whose input signature leaves the batch and image sizes
     open: traced once, whatever the sizes (``predict_on_batch`` retraces for new shapes and adds its
@@ -68,7 +68,8 @@ def _forward(model):
     if model not in _FORWARD:
         import tensorflow as tf
 
-        spec = tf.TensorSpec([None, None, None, model.inputs[0].shape[-1]], tf.float32)
+        shape = model.inputs[0].shape
+        spec = tf.TensorSpec([None] * (len(shape) - 1) + [shape[-1]], tf.float32)
         ref = weakref.ref(model)  # the cached function must not keep its model (the cache's key) alive
         _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
     fn = _FORWARD[model]
@@ -100,8 +101,8 @@ class _Tiling:
         if self.left == 1:  # the whole image in one tile: no blending
             self.weight = self.out = self.norm = None
         else:
-            self.weight = np.outer(_taper(th, margin) if len(ys) > 1 else np.ones(th, np.float32),
-                                   _taper(tw, margin) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
+            self.weight = np.outer(taper(th, margin) if len(ys) > 1 else np.ones(th, np.float32),
+                                   taper(tw, margin) if len(xs) > 1 else np.ones(tw, np.float32))[..., None]
             self.out = np.zeros((Hp, Wp, channels), np.float32)
             self.norm = np.zeros((Hp, Wp, 1), np.float32)
 
@@ -196,7 +197,7 @@ def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overl
     task = get_task(task)
     mult = input_multiple or read_multiple(model)
     check_tile_size(tile_size, mult)
-    forward = _forward(model)
+    network = forward(model)
     jobs, queues = deque(), {}  # tile shape -> tiles waiting for the network, oldest first
 
     def per_call(shape):  # about as many pixels per network call whatever the tile size (memory)
@@ -205,7 +206,7 @@ def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overl
     def run(shape):
         queue = queues[shape]
         chunk = [queue.popleft() for _ in range(min(per_call(shape), len(queue)))]
-        pred = task.blendable(np.asarray(forward(np.stack([t.crop(y, x) for t, y, x in chunk])), np.float32))
+        pred = task.blendable(np.asarray(network(np.stack([t.crop(y, x) for t, y, x in chunk])), np.float32))
         for (tiling, y, x), p in zip(chunk, pred):
             tiling.add(y, x, p)
 

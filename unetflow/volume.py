@@ -12,17 +12,21 @@ mask takes the id of the previous slice's mask it overlaps with IoU >= `stitch_t
 one, best IoU first), else a new id.  An empty slice ends every object that reaches it.
 
 A 3-D network (task ``flow3d``, :mod:`unetflow.tasks.flow3d`) sees the volume resampled to
-isotropic voxels in one call and outputs ``[dz, dy, dx, cellprob]``, followed in 3-D the same way.
+isotropic voxels, in overlapping cubes of at most ``VOLUME_TILE`` voxels a side
+(:func:`predict_volume_raw`), and outputs ``[dz, dy, dx, cellprob]``, followed in 3-D the same way.
 It learns from cubes of annotated volumes (:func:`load_volume_crops_data`,
 :func:`sample_volume_crop`).
 
-The whole volume is held in memory (resampled, and the three views' outputs): volumes much larger
-than a few hundred voxels a side need block-wise prediction, which this module does not do.
+The network's memory is bounded by its tiles (2-D) or cubes (3-D); the volume itself, resampled,
+and its outputs are held in memory (up to about 60 bytes per resampled voxel, for the three views'
+outputs: a 100 x 100 x 100 stack at anisotropy 2.2, 2.2 million voxels, takes about 130 MB), so stacks of more than a few hundred voxels a side need block-wise
+prediction, which this module does not do.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .conventions import DEFAULT_TILE, VOLUME_TILE
 from .sizing import resolve_size
 from .tasks import get_task
 
@@ -112,7 +116,7 @@ def _estimate_on_slices(run, slices, pp):
                                                           postprocess=pp)) > 0]
     if not found:
         return "native"
-    return float(np.clip(np.median(found), SIZE_CANDIDATES[0], SIZE_CANDIDATES[-1]))
+    return float(np.clip(np.median(found), min(SIZE_CANDIDATES), max(SIZE_CANDIDATES)))
 
 
 def _pair_iou(a, b):
@@ -138,14 +142,41 @@ def _resize_labels(labels, shape):
     return labels[np.ix_(*idx)]
 
 
-def predict_volume_raw(model, volume, input_multiple: int) -> np.ndarray:
-    """Outputs ``(Z, Y, X, channels)`` of a 3-D network on a prepared volume ``(Z, Y, X, C)``, in one
-    call: the volume is padded (reflected) to multiples of `input_multiple` and the padding cut off."""
+def predict_volume_raw(model, volume, input_multiple: int, tile: int = VOLUME_TILE) -> np.ndarray:
+    """Outputs ``(Z, Y, X, channels)`` of a 3-D network on a prepared volume ``(Z, Y, X, C)``.
+
+    The volume is padded (reflected) to multiples of `input_multiple` and cut into the fewest cubes
+    of at most `tile` voxels a side that overlap by the network's receptive radius
+    (:func:`unetflow.tiling.tile_layout`, as 2-D tiles are); their outputs are blended with weights
+    tapering over the overlap, so memory is bounded by the cube, and a volume that fits is one cube.
+    """
+    from .geometry import receptive_radius
+    from .tiling import forward, taper, tile_layout
+
     shape = volume.shape[:3]
     pad = [(0, -n % input_multiple) for n in shape] + [(0, 0)]
-    x = np.pad(volume, pad, mode="reflect" if min(shape) > 1 else "edge")
-    out = model.predict_on_batch(x[None].astype(np.float32))
-    return np.asarray(out)[0, :shape[0], :shape[1], :shape[2]]
+    padded = np.pad(np.asarray(volume, np.float32), pad, mode="reflect" if min(shape) > 1 else "edge")
+    tile = max(4 * input_multiple, tile // input_multiple * input_multiple)
+    margin = min(tile // 2, receptive_radius(input_multiple))
+    (zs, tz), (ys, ty), (xs, tx) = (tile_layout(n, tile, margin, input_multiple) for n in padded.shape[:3])
+    network = forward(model)
+    if len(zs) == len(ys) == len(xs) == 1:
+        return np.asarray(network(padded[None]), np.float32)[0, :shape[0], :shape[1], :shape[2]]
+    ramps = [taper(t, margin) if len(starts) > 1 else np.ones(t, np.float32)
+             for starts, t in ((zs, tz), (ys, ty), (xs, tx))]
+    weight = (ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :])[..., None]
+    out = norm = None
+    for z in zs:
+        for y in ys:
+            for x in xs:
+                cube = (slice(z, z + tz), slice(y, y + ty), slice(x, x + tx))
+                pred = np.asarray(network(padded[None][(slice(None), *cube)]), np.float32)[0]
+                if out is None:
+                    out = np.zeros(padded.shape[:3] + pred.shape[-1:], np.float32)
+                    norm = np.zeros(padded.shape[:3] + (1,), np.float32)
+                out[cube] += pred * weight
+                norm[cube] += weight
+    return (out / norm)[:shape[0], :shape[1], :shape[2]]
 
 
 def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=None, mode: str = "3d",
@@ -168,6 +199,11 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         See the module's documentation.  ``"3d"`` needs a flow run (2-D or 3-D); a 3-D run has no other mode.
     stitch_threshold : float
         IoU that joins masks of consecutive slices (``"stitch"``).
+    tile_size : int, optional
+        Largest side of the tiles a 2-D network runs on (default ``DEFAULT_TILE``), or of the cubes
+        of a 3-D one (default ``VOLUME_TILE``): what bounds the network's memory.
+    batch_size : int
+        Tiles per network call (2-D networks).
     **postprocess
         Overrides of the run's post-processing options.
 
@@ -179,7 +215,6 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         ``diameter`` (the y / x diameter used, if any), ``anisotropy`` and ``postprocess`` (the
         options the masks were made with).
     """
-    from .conventions import DEFAULT_TILE
     from .predict import Run, load_run, predict_raw_many, raw_to_labels
     from .preprocess import input_stats, prepare_image
 
@@ -201,6 +236,7 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     if native and diameter == "auto":
         raise ValueError("`diameter` 'auto' searches sizes with a 2-D network; a 3-D run takes the stack at "
                          "its own scale ('native', its default) or a diameter in y / x pixels")
+    cube = tile_size or VOLUME_TILE  # a 3-D network's cubes, a 2-D one's tiles
     tile_size = tile_size or DEFAULT_TILE
     diameter = run.sizing(diameter)
     pp = run.postprocess_config(**postprocess)
@@ -238,7 +274,7 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     pp = pp.with_overrides(**FLOW_3D_OPTIONS)
     info["postprocess"] = vars(pp)
     if native:
-        raw = predict_volume_raw(run.model, np.stack([prepared(s) for s in v]), run.input_multiple)
+        raw = predict_volume_raw(run.model, np.stack([prepared(s) for s in v]), run.input_multiple, cube)
         return _resize_labels(get_task(run.task).to_labels(raw, pp), volume.shape[:3]), info
     yx = outputs(list(v))
     zy = outputs([v[:, :, x] for x in range(v.shape[2])])
@@ -335,19 +371,47 @@ def load_volume_crops_data(images, label_paths, input_config, names=None, progre
     return TrainingData(items, names)
 
 
+def _zoom_crop(crop: dict, side: int) -> dict:
+    """A volume crop's arrays resampled to `side` voxels a side: the image linearly, the flows
+    linearly and renormalised to unit length where the (nearest) cell probability is set, the
+    other targets nearest."""
+    from scipy import ndimage
+
+    from .tasks import array_kinds
+
+    kinds = array_kinds()
+    out = {}
+    for key, a in crop.items():
+        factors = tuple(side / n for n in a.shape[:3]) + (1,) * (a.ndim - 3)
+        linear = key == "image" or kinds.get(key) == "vector"
+        out[key] = ndimage.zoom(a.astype(np.float32) if linear else a, factors, order=1 if linear else 0,
+                                mode="nearest", grid_mode=True)
+    if "flows" in out:
+        norm = np.linalg.norm(out["flows"], axis=-1, keepdims=True)
+        inside = (out["cellprob"] > 0)[..., None] & (norm > 1e-6)
+        out["flows"] = np.where(inside, out["flows"] / np.where(inside, norm, 1.0), 0.0).astype(np.float32)
+    return out
+
+
 def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
     """One random training crop ``crop_size`` voxels a side of a volume item and its 3-D flows.
 
     The crop is placed on an object voxel where one is found in ``object_crop_tries`` draws (a
-    volume is mostly background).  With `augment`: a flip of each axis (negating the flow component
-    along it), a rotation by a multiple of 90 degrees in the YX plane (rotating ``(dy, dx)`` with
-    it), and the 2-D pipeline's appearance changes (:func:`unetflow.augment.augment_appearance`).
-    No scaling or free rotation: both would resample across the anisotropy the volume was
-    corrected for.  Volumes smaller than the crop are padded (image reflected, targets zero).
+    volume is mostly background).  With `augment`: a zoom drawn log-uniformly from
+    ``scale_range``, the same along z, y and x (the volume has isotropic voxels by then, so its
+    anisotropy stays corrected; the image and flows resampled linearly, the flows renormalised to
+    unit length inside objects, other targets nearest), a flip of each axis (negating the flow
+    component along it), a rotation by a multiple of 90 degrees in the YX plane (rotating
+    ``(dy, dx)`` with it), and the 2-D pipeline's appearance changes
+    (:func:`unetflow.augment.augment_appearance`).  No free rotation: it would mix z into y and x
+    across the resampling.  Volumes smaller than the crop are padded (image reflected, targets zero).
     """
     from .augment import augment_appearance
 
     size = config.crop_size
+    lo, hi = config.scale_range
+    zoom = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if augment and (lo, hi) != (1.0, 1.0) else 1.0
+    size = max(2, int(round(config.crop_size / zoom)))  # the cube cut from the volume, zoomed to crop_size
     shape = arrays["image"].shape[:3]
     pad = [(0, max(0, size - n)) for n in shape]
     if any(p for _, p in pad):
@@ -363,6 +427,8 @@ def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
         start = [int(rng.integers(0, n - size + 1)) for n in shape]
     window = tuple(slice(s, s + size) for s in start)
     crop = {k: np.array(a[window]) for k, a in arrays.items()}
+    if size != config.crop_size:
+        crop = _zoom_crop(crop, config.crop_size)
     if not augment:
         return crop
     flows = crop["flows"]
