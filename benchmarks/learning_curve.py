@@ -11,7 +11,7 @@ trained into ``OUT/<config>_n<N>_s<seed>`` and scored on the val split with ``un
 (thresholds tuned on val).  A run directory that already holds a val evaluation is reused, so the
 curve can be extended or resumed, and runs trained by hand can be placed there under the same name.
 ``--set`` overrides apply to every run (for example a shorter schedule for the small N), and the
-wall time of each training is printed.  Prints one row per (config, N): AP at IoU 0.5 / 0.75 / 0.9 as
+wall time of each training is printed; ``--no-train`` reports only the points already evaluated.  Prints one row per (config, N): AP at IoU 0.5 / 0.75 / 0.9 as
 mean and, with several seeds, standard deviation and range; ``--plot`` draws AP@0.5 against N.
 """
 from __future__ import annotations
@@ -31,11 +31,14 @@ from common import print_table
 KEYS = ("ap50", "ap75", "ap90")
 
 
-def run_point(config: Path, n: str, seed: int, out: Path, overrides) -> tuple[Path, float | None]:
-    """Train (unless done) and evaluate one point; return its run directory and training seconds."""
+def run_point(config: Path, n: str, seed: int, out: Path, overrides, train: bool = True):
+    """Train (unless done) and evaluate one point; return its run directory and training seconds
+    (None when reused), or None when the point is not done and `train` is False."""
     run = out / f"{config.stem}_n{n}_s{seed}"
     seconds = None
     if not (run / "eval_val" / "summary.json").is_file():
+        if not train:
+            return None
         sets = [f"train.seed={seed}"] + ([] if n == "all" else [f"data.max_train_images={n}"]) + list(overrides)
         cmd = [sys.executable, "-m", "unetflow.cli", "train", str(config), "--run-dir", str(run)]
         for s in sets:
@@ -65,6 +68,7 @@ def main():
     p.add_argument("--out", type=Path, required=True, help="folder of the runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--plot", type=Path, help="write AP@0.5 against the number of images to this PNG")
+    p.add_argument("--no-train", action="store_true", help="report the points already evaluated, train nothing")
     args = p.parse_args()
     for n in args.sizes:
         if n != "all" and not (n.isdigit() and int(n) > 0):
@@ -75,10 +79,16 @@ def main():
         for n in args.sizes:
             scores, times = [], []
             for seed in args.seeds:
-                run, seconds = run_point(config, n, seed, args.out, args.set)
+                point = run_point(config, n, seed, args.out, args.set, train=not args.no_train)
+                if point is None:
+                    continue
+                run, seconds = point
                 summary = json.loads((run / "eval_val" / "summary.json").read_text())
                 scores.append([summary[k] for k in KEYS])
                 times.append(seconds)
+            if not scores:
+                print(f"(not done: {config.stem} at {n} images)", file=sys.stderr)
+                continue
             n_images = train_images(run, n)
             scores = np.array(scores)
             mean = scores.mean(0)
@@ -102,6 +112,9 @@ def main():
             for x, _, each in points:
                 ax.plot([x] * len(each), each, ".", color=ax.lines[-1].get_color(), alpha=0.5)
         ax.set_xscale("log")
+        ticks = sorted({x for points in curves.values() for x, _, _ in points})
+        ax.set_xticks(ticks, [str(t) for t in ticks])  # the numbers of images, not powers of ten
+        ax.minorticks_off()
         ax.set_xlabel("training images")
         ax.set_ylabel("AP@0.5 on val")
         ax.grid(alpha=0.3)
