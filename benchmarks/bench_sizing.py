@@ -57,8 +57,8 @@ def main():
                                                                        manifest=root / "manifest.csv",
                                                                        data_root=root)
         table = pd.read_csv(manifest)
-        table = table[table["split"] == args.split].head(args.limit) if args.limit else \
-            table[table["split"] == args.split]
+        table = table[table["split"] == args.split]
+        table = table.head(args.limit) if args.limit else table
         base = manifest.parent
         predict_instances(run, read_image(base / table["image"].iloc[0]), diameter="auto")  # warm up
         per = []

@@ -11,8 +11,9 @@ trained into ``OUT/<config>_n<N>_s<seed>`` and scored on the val split with ``un
 (thresholds tuned on val).  A run directory that already holds a val evaluation is reused, so the
 curve can be extended or resumed, and runs trained by hand can be placed there under the same name.
 ``--set`` overrides apply to every run (for example a shorter schedule for the small N), and the
-wall time of each training is printed; ``--no-train`` reports only the points already evaluated.  Prints one row per (config, N): AP at IoU 0.5 / 0.75 / 0.9 as
-mean and, with several seeds, standard deviation and range; ``--plot`` draws AP@0.5 against N.
+wall time of each training is printed; ``--no-train`` reports only the points already evaluated.
+Prints one row per (config, N): AP at IoU 0.5 / 0.75 / 0.9 as mean and, with several seeds,
+standard deviation and range; ``--plot`` draws AP@0.5 against N.
 """
 from __future__ import annotations
 

@@ -175,8 +175,7 @@ def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess
                 break
     if not found:
         return 0.0
-    size = _agreed(found)[0]
-    d = _measure_at(model, x, size, **kw)
+    d = _measure_at(model, x, size, **kw)  # `size`: the agreement of the last candidate tried
     return d if d > 0 and abs(np.log(d / size)) < np.log(SIZE_AGREEMENT) else size
 
 

@@ -19,8 +19,9 @@ It learns from cubes of annotated volumes (:func:`load_volume_crops_data`,
 
 The network's memory is bounded by its tiles (2-D) or cubes (3-D); the volume itself, resampled,
 and its outputs are held in memory (up to about 60 bytes per resampled voxel, for the three views'
-outputs: a 100 x 100 x 100 stack at anisotropy 2.2, 2.2 million voxels, takes about 130 MB), so stacks of more than a few hundred voxels a side need block-wise
-prediction, which this module does not do.
+outputs: a 100 x 100 x 100 stack at anisotropy 2.2, 2.2 million voxels, takes about 130 MB), so
+stacks of more than a few hundred voxels a side need block-wise prediction, which this module does
+not do.
 """
 from __future__ import annotations
 
@@ -170,7 +171,7 @@ def predict_volume_raw(model, volume, input_multiple: int, tile: int = VOLUME_TI
         for y in ys:
             for x in xs:
                 cube = (slice(z, z + tz), slice(y, y + ty), slice(x, x + tx))
-                pred = np.asarray(network(padded[None][(slice(None), *cube)]), np.float32)[0]
+                pred = np.asarray(network(padded[cube][None]), np.float32)[0]
                 if out is None:
                     out = np.zeros(padded.shape[:3] + pred.shape[-1:], np.float32)
                     norm = np.zeros(padded.shape[:3] + (1,), np.float32)
@@ -372,25 +373,14 @@ def load_volume_crops_data(images, label_paths, input_config, names=None, progre
 
 
 def _zoom_crop(crop: dict, side: int) -> dict:
-    """A volume crop's arrays resampled to `side` voxels a side: the image linearly, the flows
-    linearly and renormalised to unit length where the (nearest) cell probability is set, the
-    other targets nearest."""
-    from scipy import ndimage
-
+    """A volume crop's arrays resampled to `side` voxels a side, each as its kind says
+    (:func:`unetflow.tasks.array_kinds`, as 2-D crops are): the image linearly, the others nearest, so
+    flow vectors keep their length and, the zoom being the same along every axis, their direction."""
     from .tasks import array_kinds
 
     kinds = array_kinds()
-    out = {}
-    for key, a in crop.items():
-        factors = tuple(side / n for n in a.shape[:3]) + (1,) * (a.ndim - 3)
-        linear = key == "image" or kinds.get(key) == "vector"
-        out[key] = ndimage.zoom(a.astype(np.float32) if linear else a, factors, order=1 if linear else 0,
-                                mode="nearest", grid_mode=True)
-    if "flows" in out:
-        norm = np.linalg.norm(out["flows"], axis=-1, keepdims=True)
-        inside = (out["cellprob"] > 0)[..., None] & (norm > 1e-6)
-        out["flows"] = np.where(inside, out["flows"] / np.where(inside, norm, 1.0), 0.0).astype(np.float32)
-    return out
+    return {key: _zoom(a, [side / n for n in a.shape[:3]], order=1 if kinds[key] == "linear" else 0)
+            for key, a in crop.items()}
 
 
 def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
@@ -399,8 +389,7 @@ def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
     The crop is placed on an object voxel where one is found in ``object_crop_tries`` draws (a
     volume is mostly background).  With `augment`: a zoom drawn log-uniformly from
     ``scale_range``, the same along z, y and x (the volume has isotropic voxels by then, so its
-    anisotropy stays corrected; the image and flows resampled linearly, the flows renormalised to
-    unit length inside objects, other targets nearest), a flip of each axis (negating the flow
+    anisotropy stays corrected; the image resampled linearly, the targets nearest), a flip of each axis (negating the flow
     component along it), a rotation by a multiple of 90 degrees in the YX plane (rotating
     ``(dy, dx)`` with it), and the 2-D pipeline's appearance changes
     (:func:`unetflow.augment.augment_appearance`).  No free rotation: it would mix z into y and x
@@ -408,7 +397,6 @@ def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
     """
     from .augment import augment_appearance
 
-    size = config.crop_size
     lo, hi = config.scale_range
     zoom = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if augment and (lo, hi) != (1.0, 1.0) else 1.0
     size = max(2, int(round(config.crop_size / zoom)))  # the cube cut from the volume, zoomed to crop_size
@@ -433,7 +421,7 @@ def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
         return crop
     flows = crop["flows"]
     for axis in range(3):
-        if rng.random() < 0.5:
+        if config.flips and rng.random() < 0.5:
             crop = {k: np.flip(a, axis) for k, a in crop.items()}
             flows = crop["flows"]
             flows[..., axis] *= -1  # a flipped axis reverses the flow component along it
