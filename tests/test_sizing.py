@@ -71,6 +71,102 @@ def test_size_search_votes_breaks_ties_stops_early_and_falls_back(monkeypatch):
     assert run(lambda D: 0.0) == 0.0 and len(tried) == len(P.SIZE_CANDIDATES)  # nothing found: the caller does not zoom
 
 
+def _auto_size(monkeypatch, measure, found_at, shape=(100, 100, 1)):
+    """auto_size on an image of `shape` with made-up probes ``measure(D)`` and segmentations whose
+    objects measure ``found_at(d)`` when zoomed for objects of ``d`` px, the scale search giving
+    25 px; returns the Sizing, the probes tried and the diameters segmented at."""
+    import unetflow.flows
+    import unetflow.predict
+    import unetflow.sizing as P
+
+    probes, segmented = [], []
+    monkeypatch.setattr(P, "_measure_at", lambda model, x, D, **kw: probes.append(D) or measure(D))
+    monkeypatch.setattr(P, "estimate_diameter", lambda *a, **kw: 25.0)
+    monkeypatch.setattr(unetflow.predict, "raw_to_labels", lambda raw, task, pp: raw)
+    monkeypatch.setattr(unetflow.flows, "diameters", lambda labels: labels["found"])
+
+    class Labels(dict):
+        def max(self):
+            return 2
+
+    def segment(factor):
+        d = 17 / factor
+        segmented.append(d)
+        return Labels(found=found_at(d), at=d)
+
+    sized = P.auto_size(None, np.zeros(shape, np.float32), task="flow", train_diameter=17, postprocess=None,
+                        segment=segment)
+    return sized, probes, segmented
+
+
+def test_auto_size_probes_zoomed_out_first_and_keeps_a_settled_segmentation(monkeypatch):
+    """auto_size's probes start at SIZE_PROBE_FROM x the training size and zoom in by 2 until the
+    objects measure at least D / SIZE_PROBE_RANGE; the image is then segmented at that size, and a
+    segmentation whose objects have the size it was zoomed for (within SIZE_SETTLED) is returned,
+    outputs and labels with it, without another pass."""
+    from unetflow.sizing import SIZE_PROBE_FROM, zoom_factor
+
+    # 12-px objects: too small to be measured at 272 ... 34 px (zoomed out 16x ... 2x), measured at 17
+    sized, probes, segmented = _auto_size(monkeypatch, lambda D: 12.0, lambda d: 12.5)
+    assert SIZE_PROBE_FROM == 16 and probes == [272.0, 136.0, 68.0, 34.0, 17.0] and segmented == [12.0]
+    assert sized.diameter == 12.0 and sized.factor == pytest.approx(zoom_factor(17, 12.0))
+    assert sized.labels["at"] == pytest.approx(12.0) and sized.raw is sized.labels  # the pass itself
+    # large objects are measured by the first probe that sees them whole
+    sized, probes, segmented = _auto_size(monkeypatch, lambda D: 60.0 if D >= 60 else 0.4 * D, lambda d: 58.0)
+    assert probes == [272.0, 136.0, 68.0] and segmented == [60.0] and sized.diameter == 60.0
+    # unsettled, the image is segmented again at what the objects measured, and kept if that settles
+    sized, _, segmented = _auto_size(monkeypatch, lambda D: 40.0, {40.0: 20.0, 20.0: 19.0}.get)
+    assert segmented == [40.0, 20.0] and sized.diameter == 20.0 and sized.labels["at"] == 20.0
+
+
+def test_auto_size_falls_back_on_the_scale_search(monkeypatch):
+    """When no segmentation settles within SIZE_PASSES, when the probes find nothing, and for images
+    over SIZE_WHOLE pixels, the scale search (here 25 px) decides and there is nothing to keep."""
+    import unetflow.sizing as P
+
+    unsettled = {40.0: 20.0, 20.0: 12.0, 12.0: 12.0}.get  # a third pass would settle on the pieces
+    sized, _, segmented = _auto_size(monkeypatch, lambda D: 40.0, unsettled)
+    assert segmented == [40.0, 20.0] and (sized.diameter, sized.raw, sized.labels) == (25.0, None, None)
+    sized, probes, segmented = _auto_size(monkeypatch, lambda D: 0.0, None)
+    assert segmented == [] and probes[-1] < 2 * P.SIZE_CANDIDATES[-1] and sized.diameter == 25.0
+    monkeypatch.setattr(P, "SIZE_WHOLE", 99 * 100)
+    sized, probes, segmented = _auto_size(monkeypatch, lambda D: 12.0, lambda d: 12.0)
+    assert probes == segmented == [] and sized.diameter == 25.0 and sized.raw is None
+
+
+def test_auto_is_the_segmentation_at_the_size_it_reports(tmp_path):
+    """With the ready model on made-up nuclei, ``diameter="auto"`` gives exactly the labels and outputs
+    of a prediction with the diameter it reports given, in predict_instances, segment_images and
+    evaluation's predict_split (each keeps the size search's segmentation instead of redoing it)."""
+    from skimage.draw import disk
+
+    from unetflow.evaluate import predict_split
+    from unetflow.io import write_image
+    from unetflow.predict import load_run, predict_instances, segment_images
+    from unetflow.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(20, 4, (200, 240)).clip(0, 255)
+    for cy, cx in rng.uniform(15, 185, (14, 2)):
+        image[disk((cy, cx * 1.2), 9, shape=image.shape)] = 180 + rng.normal(0, 10)
+    image = image.astype(np.uint8)
+    run = load_run("nuclei")
+    labels, raw = predict_instances(run, image, diameter="auto")
+    d = raw["diameter"]
+    assert 12 <= d <= 26 and labels.max() >= 10  # 18-px discs
+    given, raw_given = predict_instances(run, image, diameter=d)
+    np.testing.assert_array_equal(labels, given)
+    np.testing.assert_array_equal(raw["flows"], raw_given["flows"])
+    path = tmp_path / "nuclei.tif"
+    write_image(path, image)
+    [(_, streamed, raw_streamed)] = list(segment_images(run, [path], diameter="auto"))
+    np.testing.assert_array_equal(streamed, labels)
+    assert raw_streamed["diameter"] == d
+    raws, timing = predict_split(run, [path], diameters="auto", progress=False)
+    assert timing["diameters"] == [d]
+    np.testing.assert_array_equal(get_task("flow").outputs(raws[0])["flows"], raw["flows"])
+
+
 @pytest.mark.slow
 def test_the_ready_model_sizes_real_nuclei(dsb_root):
     """The size search on real DSB test images (every tenth of the grouped test split, 12-44 px

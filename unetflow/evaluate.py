@@ -25,10 +25,11 @@ import numpy as np
 from .conventions import DEFAULT_TILE
 from .io import atomic_write, read_ahead, read_image, read_labels, write_labels
 from .metrics import DEFAULT_THRESHOLDS, error_categories, matching_dataset, per_image_table
-from .predict import Run, load_run, predict_raw_many, raw_to_labels
+from .predict import Run, load_run, predict_raw_many, raw_to_labels, segmenter
 from .sizing import resolve_size
 from .preprocess import prepare_image
 from .tasks import get_task
+from .tiling import Finished
 
 __all__ = ["evaluate_run", "evaluate_volumes", "tune_thresholds", "predict_split", "split_files", "summarize", "TUNING_IOUS"]
 
@@ -70,7 +71,8 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
     Images are read ahead by a background thread, and tiles of one shape from consecutive images
     share network calls (:func:`unetflow.predict.predict_raw_many`).  The timings hold the network
     time (wall time, less the size estimation and any wait for reading) and, with ``"auto"``, the
-    estimation time and the estimates.
+    estimation time (with the segmentation the estimate keeps, :func:`unetflow.sizing.auto_size`)
+    and the estimates.
     """
     from .progress import progress_bar
 
@@ -79,6 +81,7 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
     else:
         diameters = [run.sizing(d) for d in diameters]
     clock = {"size": 0.0, "wait": 0.0, "px": 0}
+    tiling = dict(task=run.task, tile_size=tile_size, tta=tta, input_multiple=run.input_multiple)
     used = []
     pp = run.postprocess_config()
 
@@ -90,18 +93,17 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
             if isinstance(x, Exception):
                 raise x
             wanted = diameters if isinstance(diameters, str) else diameters[k]
-            d, factor = resolve_size(run.model, x, wanted, task=run.task, train_diameter=run.train_diameter,
-                                     postprocess=pp)
+            sized = resolve_size(run.model, x, wanted, task=run.task, train_diameter=run.train_diameter,
+                                 postprocess=pp, segment=segmenter(run.model, x, **tiling))
             clock["wait"] += t1 - t0
             clock["size"] += time.perf_counter() - t1
             clock["px"] += x.shape[0] * x.shape[1]
-            used.append(d)
-            yield x, factor
+            used.append(sized.diameter)
+            yield (x, sized.factor) if sized.raw is None else Finished(sized.raw)
             t0 = time.perf_counter()  # the time away, in the network, is not waiting for reading
 
     t0 = time.perf_counter()
-    stream = predict_raw_many(run.model, items(), task=run.task, tile_size=tile_size, tta=tta,
-                              input_multiple=run.input_multiple)
+    stream = predict_raw_many(run.model, items(), **tiling)
     raws = list(progress_bar(stream, total=len(images), desc=f"predict ({run.task})", unit="img", enabled=progress))
     t_net = time.perf_counter() - t0 - clock["size"] - clock["wait"]
     return raws, {"network_s": t_net, "size_estimation_s": clock["size"], "megapixels": clock["px"] / 1e6,

@@ -20,7 +20,7 @@ from .preprocess import prepare_image
 from .run import Run, load_run
 from .sizing import choose_sizing, resolve_size
 from .tasks import get_task
-from .tiling import check_tile_size, predict_raw, predict_raw_many, predict_rescaled, tile_layout  # noqa: F401
+from .tiling import Finished, check_tile_size, predict_raw, predict_raw_many, predict_rescaled, tile_layout  # noqa: F401
 
 __all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_raw_many", "predict_instances", "tile_layout",
            "check_tile_size", "raw_to_labels", "segment_images"]
@@ -41,6 +41,12 @@ def _outputs(task, raw, diameter) -> dict:
     """What :func:`predict_instances` returns beside the labels: the task's named outputs, and the
     diameter the image was sized by, if any."""
     return {**get_task(task).outputs(raw), **({"diameter": diameter} if diameter else {})}
+
+
+def segmenter(model, x, **tiling):
+    """``segment(factor)``: the outputs of the prepared image `x` zoomed by `factor`, with these
+    tiling options (:func:`predict_rescaled`), for :func:`unetflow.sizing.auto_size` to size by."""
+    return lambda factor: predict_rescaled(model, x, factor=factor, **tiling)
 
 
 #: One post-processing at a time: numba's parallel kernels must not be entered from two threads at
@@ -71,8 +77,8 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
     tta : bool
         Test-time flips.
     diameter : float, "auto" or "native", optional
-        Median object diameter in this image (pixels), ``"auto"`` to estimate it from the image
-        (:func:`unetflow.sizing.estimate_diameter`) or ``"native"`` for no zoom.  With the training
+        Median object diameter in this image (pixels), ``"auto"`` to find it from the image
+        (:func:`unetflow.sizing.auto_size`) or ``"native"`` for no zoom.  With the training
         diameter known (from the run, or `train_diameter`), the image is zoomed so its objects
         match the training size before the network, and the outputs are zoomed back.  None: the
         run's own choice (:attr:`Run.default_sizing`), ``"native"`` for a bare Keras model.
@@ -113,10 +119,13 @@ def predict_instances(model_or_run, image, *, task: str | None = None, input_con
         pp = get_task(task).postprocess_class().with_overrides(**postprocess)
     x = prepare_image(image, input_config, input_stats) if input_config is not None else np.asarray(image, np.float32)
     x = _network_input(x, model)
-    diameter, factor = resolve_size(model, x, diameter, task=task, train_diameter=train_diameter, postprocess=pp)
-    raw = predict_rescaled(model, x, task=task, factor=factor, tile_size=tile_size, overlap=overlap,
-                           batch_size=batch_size, tta=tta, input_multiple=multiple)
-    return raw_to_labels(raw, task, pp), _outputs(task, raw, diameter)
+    segment = segmenter(model, x, task=task, tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta,
+                        input_multiple=multiple)
+    sized = resolve_size(model, x, diameter, task=task, train_diameter=train_diameter, postprocess=pp,
+                         segment=segment)
+    raw = segment(sized.factor) if sized.raw is None else sized.raw
+    labels = raw_to_labels(raw, task, pp) if sized.labels is None else sized.labels
+    return labels, _outputs(task, raw, sized.diameter)
 
 
 def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_TILE, overlap: float = 0.1,
@@ -135,14 +144,16 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
         instead, for an image that could not be read or segmented (``OSError`` or ``ValueError``);
         these may come before the results of earlier images.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from .io import read_ahead, read_image
 
     run.require_images()
     diameter = run.sizing(diameter)
     pp = run.postprocess_config(**postprocess)
-    started, failed = deque(), deque()  # (path, diameter) of the images in the network; errors to report
+    tiling = dict(task=run.task, tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=tta,
+                  input_multiple=run.input_multiple)
+    started, failed = deque(), deque()  # (path, diameter, labels) of the images in the network; errors to report
 
     def prepared(path):
         return _network_input(prepare_image(read_image(path), run.config.input), run.model)
@@ -153,13 +164,13 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
                 failed.append((path, x))
                 continue
             try:
-                d, factor = resolve_size(run.model, x, diameter, task=run.task, train_diameter=run.train_diameter,
-                                         postprocess=pp)
+                sized = resolve_size(run.model, x, diameter, task=run.task, train_diameter=run.train_diameter,
+                                     postprocess=pp, segment=segmenter(run.model, x, **tiling))
             except ValueError as exc:
                 failed.append((path, exc))
                 continue
-            started.append((path, d))
-            yield x, factor
+            started.append((path, sized.diameter, sized.labels))
+            yield (x, sized.factor) if sized.raw is None else Finished(sized.raw)
 
     def finish(path, d, raw, labels):
         try:
@@ -169,10 +180,14 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
 
     with ThreadPoolExecutor(1, thread_name_prefix="unetflow-postprocess") as pool:
         waiting = deque()
-        for raw in predict_raw_many(run.model, items(), task=run.task, tile_size=tile_size, overlap=overlap,
-                                    batch_size=batch_size, tta=tta, input_multiple=run.input_multiple):
-            path, d = started.popleft()
-            waiting.append((path, d, raw, pool.submit(raw_to_labels, raw, run.task, pp)))
+        for raw in predict_raw_many(run.model, items(), **tiling):
+            path, d, labels = started.popleft()
+            if labels is None:
+                labels = pool.submit(raw_to_labels, raw, run.task, pp)
+            else:  # the size search's segmentation
+                labels, done = Future(), labels
+                labels.set_result(done)
+            waiting.append((path, d, raw, labels))
             while failed:
                 yield failed.popleft()
             while len(waiting) > 1 or (waiting and waiting[0][3].done()):

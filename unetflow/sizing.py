@@ -7,7 +7,10 @@ point (``predict_instances``, ``unetflow predict``, ``unetflow evaluate``, block
 says how ``d`` is found in one vocabulary, checked by :func:`check_diameter`:
 
 ``"auto"``
-    estimated from the image by the network itself (:func:`estimate_diameter`);
+    found by the network itself: the image is segmented at the size a quick measurement gives,
+    and kept when its objects have the size it was zoomed for (:func:`auto_size`; the scale
+    search :func:`estimate_diameter` where there is no segmentation to keep, or it does not
+    settle);
 ``"native"``
     no zoom: the image at its own scale;
 a positive number
@@ -21,11 +24,13 @@ None
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 __all__ = ["check_diameter", "default_sizing", "choose_sizing", "require_train_diameter", "zoom_factor", "estimate_diameter",
-           "resolve_size", "SIZINGS", "SIZE_CANDIDATES", "SIZE_WINDOW", "SIZE_AGREEMENT",
-           "SIZE_BELOW"]
+           "auto_size", "resolve_size", "Sizing", "SIZINGS", "SIZE_CANDIDATES", "SIZE_WINDOW", "SIZE_AGREEMENT",
+           "SIZE_BELOW", "SIZE_PROBE", "SIZE_PROBE_FROM", "SIZE_PROBE_RANGE", "SIZE_SETTLED", "SIZE_PASSES", "SIZE_WHOLE"]
 
 #: The words of the vocabulary (beside numbers and None).
 SIZINGS = ("auto", "native", "manifest")
@@ -94,6 +99,20 @@ SIZE_AGREEMENT = 1.25
 #: The search stops once a candidate this far below the agreed size has been tried: the plateau
 #: has been seen from below (smaller candidates only fragment the objects further).
 SIZE_BELOW = 2.0
+#: :func:`auto_size`'s probes: windows of at most this side (px, zoomed) ...
+SIZE_PROBE = 128
+#: ... zoomed first as if the objects were this many times the training size (about the largest
+#: candidate of the scale search) ...
+SIZE_PROBE_FROM = 16.0
+#: ... then zoomed in by 2 at a time until the objects found measure at least the probe's size over
+#: this (smaller, they were measured from a few pixels each).
+SIZE_PROBE_RANGE = 2.0
+#: A segmentation whose objects measure within this factor of the size it was zoomed for is kept.
+SIZE_SETTLED = 1.15
+#: Segmentations tried at most before :func:`auto_size` falls back on the scale search.
+SIZE_PASSES = 2
+#: Images of more pixels than this are sized by the scale search alone.
+SIZE_WHOLE = 2_000_000
 
 
 def _brightest_window(x, side: int):
@@ -179,13 +198,78 @@ def estimate_diameter(model, x, *, task: str, train_diameter: float, postprocess
     return d if d > 0 and abs(np.log(d / size)) < np.log(SIZE_AGREEMENT) else size
 
 
-def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess):
-    """The object diameter to size a prepared image by, and the zoom factor it implies.
+class Sizing(NamedTuple):
+    """How an image was sized: the object diameter (px, None for no zoom), the zoom factor it
+    implies, and the network outputs and labels at that zoom when sizing already computed them
+    (:func:`auto_size`), else None."""
+    diameter: float | None
+    factor: float
+    raw: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
-    `diameter` is ``"native"`` (no zoom), a number, or ``"auto"`` (:func:`estimate_diameter`; no zoom
-    when it finds nothing).  Returns ``(diameter in px or None, zoom factor)``.
+
+def auto_size(model, x, *, task: str, train_diameter: float, postprocess, segment) -> Sizing:
+    """Size a prepared image ``(H, W, C)`` by segmenting it: usually a few small probes and one pass.
+
+    Probes first: windows of at most ``SIZE_PROBE`` px a side (the brightest, see
+    :func:`estimate_diameter`), zoomed as if the objects were ``SIZE_PROBE_FROM`` times the training
+    size, then zoomed in by 2 at a time until the objects found measure at least the probe's size
+    over ``SIZE_PROBE_RANGE``.  Zoomed out, objects up to the probe's size are seen whole; zoomed in
+    too far, large objects are cut into pieces that, measured at their own zoom, look like small
+    objects, so the probes come from above.  Then the whole image is segmented at the size measured
+    (``segment(factor)``) and its objects measured again: within ``SIZE_SETTLED`` of that size, the
+    objects had the training size within the network's tolerance, and that segmentation is kept,
+    outputs and labels, so sizing costs the probes alone.  Otherwise it is redone at the new
+    measurement, ``SIZE_PASSES`` times at most, and when none settles the scale search
+    :func:`estimate_diameter` decides (its windows are more robust to debris and clusters than one
+    segmentation's median).  Images over ``SIZE_WHOLE`` pixels go to the scale search at once: a
+    pass over them that might be discarded costs more than the search.
+
+    Parameters
+    ----------
+    segment : callable
+        ``segment(factor)``: the network outputs of the whole image zoomed by ``factor``, resized
+        back to the image (as :func:`unetflow.tiling.predict_rescaled` gives them).
+
+    Returns
+    -------
+    Sizing
+        With the outputs and labels when a segmentation was kept; no zoom when nothing was found.
     """
+    from .flows import diameters
+    from .predict import raw_to_labels
+
+    kw = dict(task=task, train_diameter=train_diameter, postprocess=postprocess)
+    if x.shape[0] * x.shape[1] <= SIZE_WHOLE:
+        D = SIZE_PROBE_FROM * train_diameter
+        while (d := _measure_at(model, x, D, window=SIZE_PROBE, **kw)) < D / SIZE_PROBE_RANGE \
+                and D / 2 >= SIZE_CANDIDATES[-1]:
+            D /= 2
+        for _ in range(SIZE_PASSES):
+            if not SIZE_CANDIDATES[-1] <= d <= SIZE_CANDIDATES[0]:  # nothing found, or outside the search's range
+                break
+            factor = zoom_factor(train_diameter, d)
+            raw = segment(factor)
+            labels = raw_to_labels(raw, task, postprocess)
+            found = diameters(labels) if labels.max() >= 2 else 0.0
+            if found > 0 and abs(np.log(found / d)) < np.log(SIZE_SETTLED):
+                return Sizing(d, factor, raw, labels)
+            d = found
+    d = estimate_diameter(model, x, **kw) or None
+    return Sizing(d, zoom_factor(train_diameter, d))
+
+
+def resolve_size(model, x, diameter, *, task: str, train_diameter, postprocess, segment=None) -> Sizing:
+    """How to size a prepared image: :class:`Sizing` for `diameter`.
+
+    `diameter` is ``"native"`` (no zoom), a number, or ``"auto"``: with `segment` (see
+    :func:`auto_size`) the image is sized by segmenting it and the outputs come with the size;
+    without, by the scale search :func:`estimate_diameter` (no zoom when it finds nothing).
+    """
+    if diameter == "auto" and segment is not None:
+        return auto_size(model, x, task=task, train_diameter=train_diameter, postprocess=postprocess,
+                         segment=segment)
     if diameter == "auto":
         diameter = estimate_diameter(model, x, task=task, train_diameter=train_diameter, postprocess=postprocess)
     diameter = None if diameter == "native" else (diameter or None)
-    return diameter, zoom_factor(train_diameter, diameter)
+    return Sizing(diameter, zoom_factor(train_diameter, diameter))

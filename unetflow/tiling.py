@@ -158,6 +158,19 @@ class _Job:
         return raw
 
 
+class Finished:
+    """An item of :func:`predict_raw_many` whose outputs were computed before (by the size search,
+    :func:`unetflow.sizing.auto_size`): passed through in order."""
+
+    variants, done = (), True
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def result(self) -> np.ndarray:
+        return self.raw
+
+
 #: Images in flight at most while their tiles wait to share network calls with later images' tiles.
 LOOKAHEAD = 8
 
@@ -179,9 +192,10 @@ def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overl
 
     Parameters
     ----------
-    items : iterable of (image, factor)
-        Prepared ``(H, W, C)`` images and the zoom to run each at (see :func:`predict_rescaled`).
-        Consumed lazily: an image is read only when the network is ready for it.
+    items : iterable of (image, factor) or :class:`Finished`
+        Prepared ``(H, W, C)`` images and the zoom to run each at (see :func:`predict_rescaled`),
+        or outputs already computed.  Consumed lazily: an image is read only when the network is
+        ready for it.
     tile_size, overlap, batch_size, tta, input_multiple
         As :func:`predict_raw`; `batch_size` is the number of 256² tiles' worth of pixels per call.
     lookahead : int
@@ -210,8 +224,9 @@ def predict_raw_many(model, items, *, task, tile_size: int = DEFAULT_TILE, overl
         for (tiling, y, x), p in zip(chunk, pred):
             tiling.add(y, x, p)
 
-    for image, factor in items:
-        job = _Job(np.asarray(image, np.float32), factor, task, tta, tile_size, overlap, mult)
+    for item in items:
+        job = item if isinstance(item, Finished) else _Job(np.asarray(item[0], np.float32), item[1], task, tta,
+                                                           tile_size, overlap, mult)
         jobs.append(job)
         for tiling in job.variants:
             queues.setdefault(tiling.tile_shape, deque()).extend((tiling, y, x) for y, x in tiling.coords)

@@ -251,7 +251,7 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
 
     if diameter == "auto":
         diameter = _estimate_on_slices(run, [prepared(s) for s in _sample_slices(volume)], pp)
-    d, f = resolve_size(run.model, None, diameter, task=run.task, train_diameter=run.train_diameter, postprocess=pp)
+    d, f = resolve_size(run.model, None, diameter, task=run.task, train_diameter=run.train_diameter, postprocess=pp)[:2]
     info = {"diameter": d, "anisotropy": aniso}
     if f * f * f * aniso > MAX_UPSAMPLING:
         raise ValueError(f"objects of {d:.1f} px would zoom the volume {f:.1f}x in y and x (and {f * aniso:.1f}x in z) to "
