@@ -23,7 +23,7 @@ from .tasks import get_task
 from .tiling import Finished, check_tile_size, predict_raw, predict_raw_many, predict_rescaled, tile_layout  # noqa: F401
 
 __all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_raw_many", "predict_instances", "tile_layout",
-           "check_tile_size", "raw_to_labels", "segment_images"]
+           "check_tile_size", "raw_to_labels", "segment_images", "segmenter"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
             path, d, labels = started.popleft()
             if labels is None:
                 labels = pool.submit(raw_to_labels, raw, run.task, pp)
-            else:  # the size search's segmentation
+            else:  # the segmentation sizing made and kept
                 labels, done = Future(), labels
                 labels.set_result(done)
             waiting.append((path, d, raw, labels))
