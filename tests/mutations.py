@@ -145,7 +145,7 @@ MUTATIONS = [
      "return Sizing(d, factor, raw, labels)", "return Sizing(found, factor, raw, labels)",
      "tests/test_sizing.py::test_auto_is_the_segmentation_at_the_size_it_reports"),
     ("kept segmentation's outputs dropped in evaluation", "unetflow/evaluate.py",
-     "yield (x, sized.factor) if sized.raw is None else Finished(sized.raw)", "yield x, 1.0",
+     "yield sized.network_item(x)", "yield x, 1.0",
      "tests/test_sizing.py::test_auto_is_the_segmentation_at_the_size_it_reports"),
     ("size measured in zoomed pixels", "unetflow/sizing.py",
      "return diameters(labels) / factor if labels.max() >= 2 else 0.0",

@@ -29,7 +29,6 @@ from .predict import Run, load_run, predict_raw_many, raw_to_labels, segmenter
 from .sizing import resolve_size
 from .preprocess import prepare_image
 from .tasks import get_task
-from .tiling import Finished
 
 __all__ = ["evaluate_run", "evaluate_volumes", "tune_thresholds", "predict_split", "split_files", "summarize", "TUNING_IOUS"]
 
@@ -99,7 +98,7 @@ def predict_split(run: Run, images, *, tta=False, tile_size=DEFAULT_TILE, diamet
             clock["size"] += time.perf_counter() - t1
             clock["px"] += x.shape[0] * x.shape[1]
             used.append(sized.diameter)
-            yield (x, sized.factor) if sized.raw is None else Finished(sized.raw)
+            yield sized.network_item(x)
             t0 = time.perf_counter()  # the time away, in the network, is not waiting for reading
 
     t0 = time.perf_counter()

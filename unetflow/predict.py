@@ -20,7 +20,7 @@ from .preprocess import prepare_image
 from .run import Run, load_run
 from .sizing import choose_sizing, resolve_size
 from .tasks import get_task
-from .tiling import Finished, check_tile_size, predict_raw, predict_raw_many, predict_rescaled, tile_layout  # noqa: F401
+from .tiling import check_tile_size, predict_raw, predict_raw_many, predict_rescaled, tile_layout  # noqa: F401
 
 __all__ = ["Run", "load_run", "predict_raw", "predict_rescaled", "predict_raw_many", "predict_instances", "tile_layout",
            "check_tile_size", "raw_to_labels", "segment_images", "segmenter"]
@@ -170,7 +170,7 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
                 failed.append((path, exc))
                 continue
             started.append((path, sized.diameter, sized.labels))
-            yield (x, sized.factor) if sized.raw is None else Finished(sized.raw)
+            yield sized.network_item(x)
 
     def finish(path, d, raw, labels):
         try:
@@ -181,12 +181,12 @@ def segment_images(run: Run, paths, *, diameter=None, tile_size: int = DEFAULT_T
     with ThreadPoolExecutor(1, thread_name_prefix="unetflow-postprocess") as pool:
         waiting = deque()
         for raw in predict_raw_many(run.model, items(), **tiling):
-            path, d, labels = started.popleft()
-            if labels is None:
+            path, d, kept = started.popleft()  # kept: the labels sizing made, if any
+            if kept is None:
                 labels = pool.submit(raw_to_labels, raw, run.task, pp)
-            else:  # the segmentation sizing made and kept
-                labels, done = Future(), labels
-                labels.set_result(done)
+            else:
+                labels = Future()
+                labels.set_result(kept)
             waiting.append((path, d, raw, labels))
             while failed:
                 yield failed.popleft()

@@ -207,6 +207,13 @@ class Sizing(NamedTuple):
     raw: np.ndarray | None = None
     labels: np.ndarray | None = None
 
+    def network_item(self, x):
+        """What :func:`unetflow.tiling.predict_raw_many` takes for the prepared image `x` sized so:
+        the outputs already made, or the image and its zoom."""
+        from .tiling import Finished
+
+        return (x, self.factor) if self.raw is None else Finished(self.raw)
+
 
 def auto_size(model, x, *, task: str, train_diameter: float, postprocess, segment) -> Sizing:
     """Size a prepared image ``(H, W, C)`` by segmenting it: usually a few small probes and one pass.

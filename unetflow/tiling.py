@@ -159,8 +159,8 @@ class _Job:
 
 
 class Finished:
-    """An item of :func:`predict_raw_many` whose outputs were computed before (by the size search,
-    :func:`unetflow.sizing.auto_size`): passed through in order."""
+    """An item of :func:`predict_raw_many` whose outputs were computed before (the segmentation
+    that sizing kept, :func:`unetflow.sizing.auto_size`): passed through in order."""
 
     variants, done = (), True
 

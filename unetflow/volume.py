@@ -251,7 +251,8 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
 
     if diameter == "auto":
         diameter = _estimate_on_slices(run, [prepared(s) for s in _sample_slices(volume)], pp)
-    d, f = resolve_size(run.model, None, diameter, task=run.task, train_diameter=run.train_diameter, postprocess=pp)[:2]
+    sized = resolve_size(run.model, None, diameter, task=run.task, train_diameter=run.train_diameter, postprocess=pp)
+    d, f = sized.diameter, sized.factor
     info = {"diameter": d, "anisotropy": aniso}
     if f * f * f * aniso > MAX_UPSAMPLING:
         raise ValueError(f"objects of {d:.1f} px would zoom the volume {f:.1f}x in y and x (and {f * aniso:.1f}x in z) to "
@@ -389,9 +390,9 @@ def sample_volume_crop(rng, arrays: dict, config, augment: bool = True) -> dict:
     The crop is placed on an object voxel where one is found in ``object_crop_tries`` draws (a
     volume is mostly background).  With `augment`: a zoom drawn log-uniformly from
     ``scale_range``, the same along z, y and x (the volume has isotropic voxels by then, so its
-    anisotropy stays corrected; the image resampled linearly, the targets nearest), a flip of each axis (negating the flow
-    component along it), a rotation by a multiple of 90 degrees in the YX plane (rotating
-    ``(dy, dx)`` with it), and the 2-D pipeline's appearance changes
+    anisotropy stays corrected; the image resampled linearly, the targets nearest), a flip of each
+    axis (negating the flow component along it), a rotation by a multiple of 90 degrees in the YX
+    plane (rotating ``(dy, dx)`` with it), and the 2-D pipeline's appearance changes
     (:func:`unetflow.augment.augment_appearance`).  No free rotation: it would mix z into y and x
     across the resampling.  Volumes smaller than the crop are padded (image reflected, targets zero).
     """
