@@ -49,6 +49,10 @@ def test_multichannel_batches_for_both_tasks(two_channel_data, task):
 def test_input_conventions():
     img, _ = synthetic_nuclei(np.random.default_rng(0), (64, 64))
     assert not is_bright_background(img) and is_bright_background(img.max() - img)
+    # sparse objects (0.4 % of the pixels) on a background of even noise: still read the right way round
+    sparse = np.random.default_rng(0).integers(20, 30, (200, 200)).astype(np.float32)
+    sparse[100:108, 100:120] = 200
+    assert not is_bright_background(sparse) and is_bright_background(250 - sparse)
     a = prepare_image(img)
     b = prepare_image(img.max() - img)  # a brightfield-like inverted image is turned back
     np.testing.assert_allclose(a, b, atol=1e-4)

@@ -141,11 +141,14 @@ def _predict_big(args, diameter) -> int:
 
     if len(args.images) != 1 or args.manifest:
         raise ValueError("an --out ending in .zarr segments one (huge) image block by block: give exactly one INPUT")
+    volume = dict(volume=True, anisotropy=args.anisotropy, mode="stitch" if args.stitch is not None else "3d",
+                  stitch_threshold=args.stitch or 0.0) if args.three_d else {}
     s = predict_big(args.run_dir, args.images[0], args.out, block_size=args.block_size, diameter=diameter,
                     scheduler=args.scheduler, workers=args.workers, precision=args.precision,
-                    tile_size=args.tile_size or DEFAULT_TILE)
-    print(f"{s['objects']} objects in {s['shape'][0]} x {s['shape'][1]} px ({s['blocks']} blocks of {s['block_size']} px, "
-          f"halo {s['halo']} px): {Path(s['out']).resolve()}")
+                    tile_size=args.tile_size, **volume)
+    aniso = f", anisotropy {s['anisotropy']:.2f}" if args.three_d else ""
+    print(f"{s['objects']} objects in {' x '.join(map(str, s['shape']))} px ({s['blocks']} blocks of "
+          f"{s['block_size']} px, halo {' x '.join(map(str, s['halo']))} px{aniso}): {Path(s['out']).resolve()}")
     return 0
 
 
@@ -293,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SPLITS, help="only this split of --manifest")
     p.add_argument("--data", help="data root of --manifest")
     p.add_argument("--out", required=True, help="output folder for the label TIFFs; a path ending in .zarr segments "
-                                                "one huge INPUT (TIFF or zarr) block by block on dask into an "
-                                                "OME-Zarr label image")
-    p.add_argument("--block-size", type=int, default=2048, help="blocks of the .zarr path (default: %(default)s)")
+                                                "one huge INPUT (TIFF or zarr; a stack with --3d) block by block on "
+                                                "dask into an OME-Zarr label image")
+    p.add_argument("--block-size", type=int, help="blocks of the .zarr path (default: 2048 px; 128 voxels with --3d)")
     p.add_argument("--3d", dest="three_d", action="store_true",
                    help="each image is a (Z, Y, X) stack: the 2-D network on its YX, ZY and ZX slices, flows "
                         "followed in 3-D (Cellpose's do_3D); writes <stem>_labels.tif stacks (and <stem>.ome.zarr with "

@@ -20,8 +20,8 @@ It learns from cubes of annotated volumes (:func:`load_volume_crops_data`,
 The network's memory is bounded by its tiles (2-D) or cubes (3-D); the volume itself, resampled,
 and its outputs are held in memory (up to about 60 bytes per resampled voxel, for the three views'
 outputs: a 100 x 100 x 100 stack at anisotropy 2.2, 2.2 million voxels, takes about 130 MB), so
-stacks of more than a few hundred voxels a side need block-wise prediction, which this module does
-not do.
+stacks of more than a few hundred voxels a side go block by block: :func:`unetflow.big.predict_big`
+with ``volume=True`` (``unetflow predict RUN STACK.tif --3d --out LABELS.zarr``).
 """
 from __future__ import annotations
 
@@ -180,8 +180,34 @@ def predict_volume_raw(model, volume, input_multiple: int, tile: int = VOLUME_TI
     return (out / norm)[:shape[0], :shape[1], :shape[2]]
 
 
+def check_anisotropy(anisotropy) -> float:
+    """`anisotropy` (None: isotropic) as a float, or a ValueError naming it."""
+    aniso = 1.0 if anisotropy is None else float(anisotropy)
+    if not np.isfinite(aniso) or aniso <= 0:
+        raise ValueError(f"`anisotropy` must be a positive number (z voxel size / y-x voxel size), got {anisotropy!r}")
+    return aniso
+
+
+def check_volume_run(task: str, mode: str, diameter, where) -> bool:
+    """Whether a run of `task` (named `where` in the errors) is a 3-D network, or a ValueError when
+    it cannot segment a volume in `mode` at `diameter`."""
+    if mode not in VOLUME_MODES:
+        raise ValueError(f"`mode` must be one of {VOLUME_MODES}, got {mode!r}")
+    native = get_task(task).spatial_dims == 3
+    if mode == "3d" and task not in ("flow", "flow3d"):
+        raise ValueError(f"mode '3d' follows flows in 3-D and needs a flow run; {where} is a {task} run "
+                         "(use mode 'stitch')")
+    if native and mode != "3d":
+        raise ValueError(f"{where} is a 3-D network: it segments volumes in mode '3d' only")
+    if native and diameter == "auto":
+        raise ValueError("`diameter` 'auto' searches sizes with a 2-D network; a 3-D run takes the stack at "
+                         "its own scale ('native', its default) or a diameter in y / x pixels")
+    return native
+
+
 def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=None, mode: str = "3d",
-                   stitch_threshold: float = 0.25, tile_size=None, batch_size: int = 8, **postprocess):
+                   stitch_threshold: float = 0.25, tile_size=None, batch_size: int = 8, input_stats=None,
+                   **postprocess):
     """Segment a volume with a 2-D run (either mode) or a 3-D one (``"3d"``).
 
     Parameters
@@ -205,6 +231,9 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         of a 3-D one (default ``VOLUME_TILE``): what bounds the network's memory.
     batch_size : int
         Tiles per network call (2-D networks).
+    input_stats : unetflow.preprocess.InputStats, optional
+        Normalisation statistics to use instead of the stack's own (a block of a larger stack takes
+        the whole stack's, :func:`unetflow.big.predict_big`).
     **postprocess
         Overrides of the run's post-processing options.
 
@@ -217,7 +246,8 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
         options the masks were made with).
     """
     from .predict import Run, load_run, predict_raw_many, raw_to_labels
-    from .preprocess import input_stats, prepare_image
+    from .preprocess import prepare_image
+    from .preprocess import input_stats as measure_stats
 
     if mode not in VOLUME_MODES:
         raise ValueError(f"`mode` must be one of {VOLUME_MODES}, got {mode!r}")
@@ -225,25 +255,14 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     volume = np.asarray(volume, np.float32)
     if volume.ndim not in (3, 4):
         raise ValueError(f"`volume` must be (Z, Y, X) or (Z, Y, X, C), got shape {volume.shape}")
-    aniso = 1.0 if anisotropy is None else float(anisotropy)
-    if not np.isfinite(aniso) or aniso <= 0:
-        raise ValueError(f"`anisotropy` must be a positive number (z voxel size / y-x voxel size), got {anisotropy!r}")
-    native = get_task(run.task).spatial_dims == 3
-    if mode == "3d" and run.task not in ("flow", "flow3d"):
-        raise ValueError(f"mode '3d' follows flows in 3-D and needs a flow run; {run.path} is a {run.task} run "
-                         "(use mode 'stitch')")
-    if native and mode != "3d":
-        raise ValueError(f"{run.path} is a 3-D network: it segments volumes in mode '3d' only")
-    if native and diameter == "auto":
-        raise ValueError("`diameter` 'auto' searches sizes with a 2-D network; a 3-D run takes the stack at "
-                         "its own scale ('native', its default) or a diameter in y / x pixels")
+    aniso = check_anisotropy(anisotropy)
+    native = check_volume_run(run.task, mode, diameter, run.path)
     cube = tile_size or VOLUME_TILE  # a 3-D network's cubes, a 2-D one's tiles
     tile_size = tile_size or DEFAULT_TILE
     diameter = run.sizing(diameter)
     pp = run.postprocess_config(**postprocess)
     # one normalisation for the whole stack: every slice of every view sees the same intensities
-    flat = volume.reshape(-1, *volume.shape[2:])
-    stats = input_stats(flat, run.config.input)
+    stats = input_stats or measure_stats(volume.reshape(-1, *volume.shape[2:]), run.config.input)
 
     def prepared(img):
         x = prepare_image(img, run.config.input, stats)
