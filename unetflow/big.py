@@ -75,10 +75,9 @@ def open_array(path, volume: bool = False):
         multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
         key = multiscales[0]["datasets"][0]["path"] if multiscales else sorted(node.array_keys())[0]
         node = node[key]
-    if volume and node.ndim not in (3, 4):
-        raise ValueError(f"{path}: expected a volume (Z, Y, X) or (Z, Y, X, C), got shape {node.shape}")
-    if not volume and node.ndim not in (2, 3):
-        raise ValueError(f"{path}: expected a 2-D image (H, W) or (H, W, C), got shape {node.shape}")
+    if node.ndim not in ((3, 4) if volume else (2, 3)):
+        expected = "a volume (Z, Y, X) or (Z, Y, X, C)" if volume else "a 2-D image (H, W) or (H, W, C)"
+        raise ValueError(f"{path}: expected {expected}, got shape {node.shape}")
     return node
 
 
@@ -229,7 +228,7 @@ def predict_big(run_dir, source, out, *, block_size: int | None = None, diameter
     from distributed import Client, LocalCluster
 
     from .geometry import receptive_radius
-    from .io import voxel_size
+    from .io import anisotropy_of, voxel_size
     from .rundir import RunDir, read_run
     from .sizing import choose_sizing, zoom_factor
     from .tasks import get_task
@@ -254,7 +253,7 @@ def predict_big(run_dir, source, out, *, block_size: int | None = None, diameter
     elif get_task(config.model.task).spatial_dims == 3:
         raise ValueError(f"{run_dir} is a 3-D network: it segments volumes (volume=True, predict --3d)")
     voxel = voxel_size(source) if volume else None
-    aniso = check_anisotropy(anisotropy or (voxel[0] / voxel[1] if voxel else None))
+    aniso = check_anisotropy(anisotropy or anisotropy_of(voxel))
     options = dict(anisotropy=aniso, mode=mode, stitch_threshold=stitch_threshold) if volume else None
     stats, window = sample_stats(array, config.input, spatial=spatial)
     cluster = None if scheduler else LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,

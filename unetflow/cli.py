@@ -103,7 +103,7 @@ def _predict_volumes(run, images, out, args, diameter, overrides) -> int:
     """``predict --3d``: each file a (Z, Y, X) stack, its labels a TIFF stack and/or an OME-Zarr label
     image with the voxel size kept."""
     from .formats import write_ome_zarr_labels
-    from .io import read_volume, write_volume_labels
+    from .io import anisotropy_of, read_volume, write_volume_labels
     from .volume import predict_volume
 
     if args.anisotropy is not None and not args.anisotropy > 0:
@@ -116,13 +116,12 @@ def _predict_volumes(run, images, out, args, diameter, overrides) -> int:
     for path in images:
         try:
             volume, voxel = read_volume(path)
-            aniso = args.anisotropy or (voxel[0] / voxel[1] if voxel else None)
+            aniso = args.anisotropy or anisotropy_of(voxel)
             if aniso is None:
                 logging.getLogger("unetflow").warning("%s: no voxel size in the file and no --anisotropy: "
                                                       "treated as isotropic", path)
-            labels, info = predict_volume(run, volume, anisotropy=aniso, diameter=diameter,
-                                          mode="stitch" if args.stitch is not None else "3d",
-                                          stitch_threshold=args.stitch or 0.0, tile_size=args.tile_size, **overrides)
+            labels, info = predict_volume(run, volume, anisotropy=aniso, diameter=diameter, **_volume_mode(args),
+                                          tile_size=args.tile_size, **overrides)
             if "labels" in args.formats:
                 write_volume_labels(out / f"{path.stem}_labels.tif", labels, voxel)
             if "ome-zarr" in args.formats:
@@ -136,13 +135,17 @@ def _predict_volumes(run, images, out, args, diameter, overrides) -> int:
     return 1 if failed else 0
 
 
+def _volume_mode(args) -> dict:
+    """``predict --3d``'s mode: flows followed in 3-D, or 2-D masks joined at ``--stitch IOU``."""
+    return dict(mode="stitch" if args.stitch is not None else "3d", stitch_threshold=args.stitch or 0.0)
+
+
 def _predict_big(args, diameter) -> int:
     from .big import predict_big
 
     if len(args.images) != 1 or args.manifest:
         raise ValueError("an --out ending in .zarr segments one (huge) image block by block: give exactly one INPUT")
-    volume = dict(volume=True, anisotropy=args.anisotropy, mode="stitch" if args.stitch is not None else "3d",
-                  stitch_threshold=args.stitch or 0.0) if args.three_d else {}
+    volume = dict(volume=True, anisotropy=args.anisotropy, **_volume_mode(args)) if args.three_d else {}
     s = predict_big(args.run_dir, args.images[0], args.out, block_size=args.block_size, diameter=diameter,
                     scheduler=args.scheduler, workers=args.workers, precision=args.precision,
                     tile_size=args.tile_size, **volume)

@@ -187,7 +187,7 @@ def evaluate_volumes(run: Run, split: str, *, manifest=None, data_root=None, dia
     their voxel size), ``per_image.csv`` (one row per volume and IoU threshold; error-category sizes
     in voxels) and ``summary.json``, whose keys are those of :func:`evaluate_run`'s summary.
     """
-    from .io import read_volume, write_volume_labels
+    from .io import anisotropy_of, read_volume, write_volume_labels
     from .progress import progress_bar
     from .volume import predict_volume
 
@@ -211,7 +211,7 @@ def evaluate_volumes(run: Run, split: str, *, manifest=None, data_root=None, dia
                                                  unit="vol", enabled=progress):
         volume, voxel = read_volume(image)
         t0 = time.perf_counter()
-        pred, info = predict_volume(run, volume, anisotropy=voxel[0] / voxel[1] if voxel else None, diameter=size,
+        pred, info = predict_volume(run, volume, anisotropy=anisotropy_of(voxel), diameter=size,
                                     mode=mode, stitch_threshold=stitch_threshold, **postprocess)
         seconds += time.perf_counter() - t0
         voxels += float(np.prod(volume.shape[:3]))

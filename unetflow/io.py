@@ -17,7 +17,7 @@ import numpy as np
 
 from .validation import relabel_sequential
 
-__all__ = ["read_image", "read_volume", "read_labels", "write_labels", "write_volume_labels", "write_image", "binary_to_labels", "read_ahead",
+__all__ = ["read_image", "read_volume", "anisotropy_of", "read_labels", "write_labels", "write_volume_labels", "write_image", "binary_to_labels", "read_ahead",
            "colors_to_labels", "relabel_sequential", "atomic_write", "hash_file", "ImageReadError"]
 
 logger = logging.getLogger(__name__)
@@ -306,6 +306,11 @@ def voxel_size(path):
         return None
     y, x = (den / num for num, den in res)  # the tags hold pixels per unit
     return (float(z), float(y), float(x))
+
+
+def anisotropy_of(voxel_size):
+    """z voxel size over the y voxel size of a ``(z, y, x)`` voxel size, None when it is unknown."""
+    return voxel_size[0] / voxel_size[1] if voxel_size else None
 
 
 def read_volume(path):

@@ -249,8 +249,6 @@ def predict_volume(run, volume, *, anisotropy: float | None = None, diameter=Non
     from .preprocess import prepare_image
     from .preprocess import input_stats as measure_stats
 
-    if mode not in VOLUME_MODES:
-        raise ValueError(f"`mode` must be one of {VOLUME_MODES}, got {mode!r}")
     run = run if isinstance(run, Run) else load_run(run)
     volume = np.asarray(volume, np.float32)
     if volume.ndim not in (3, 4):
@@ -324,7 +322,7 @@ def _read_annotated_volume(img, lab):
     anisotropy from the file's voxel size (1, with a warning, when the file does not say)."""
     import logging
 
-    from .io import read_labels, read_volume
+    from .io import anisotropy_of, read_labels, read_volume
 
     volume, voxel = read_volume(img)
     labels = read_labels(lab, ndim=3)
@@ -332,7 +330,7 @@ def _read_annotated_volume(img, lab):
         raise ValueError(f"{lab}: label volume shape {labels.shape} differs from image {img} shape {volume.shape[:3]}")
     if voxel is None:
         logging.getLogger(__name__).warning("%s: no voxel size in the file: its voxels are taken as isotropic", img)
-    return volume, labels, voxel[0] / voxel[1] if voxel else 1.0
+    return volume, labels, anisotropy_of(voxel) or 1.0
 
 
 def load_volume_training_data(images, label_paths, input_config, names=None, progress: bool = True):
